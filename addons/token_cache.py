@@ -1,0 +1,310 @@
+"""A cache of one Google access token: fetched once, refreshed ahead of expiry, single-flight.
+
+No mitmproxy import: the addon calls it from a worker thread, tests call it directly with a fake
+credential and a fake clock. The token never appears in a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from google.auth import exceptions as gexc
+
+from addons import redact
+
+logger = logging.getLogger(__name__)
+
+# The metadata server hands out a token until it has ~5 minutes left; refresh like it does.
+REFRESH_MARGIN = 300.0
+# Stop serving a token this long before its stated expiry (clock skew, time in flight).
+EXPIRY_SKEW = 10.0
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 60.0
+# Ceiling on fetch rate: never more than one fetch per this many seconds (metadata rate limits).
+MIN_FETCH_INTERVAL = 1.0
+
+
+class Credentials(Protocol):
+    token: str | None
+    expiry: datetime.datetime | None
+
+    def refresh(self, request: Any) -> None: ...
+    def apply(self, headers: dict[str, str], token: str | None = None) -> None: ...
+
+
+CredentialsLoader = Callable[[], Credentials]
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    headers: dict[str, str]  # authorization plus x-goog-user-project when the ADC has one
+    expires_at: float | None  # wall-clock epoch seconds, None when unknown
+    fetched_at: float
+    refresh_at: float | None
+
+    @property
+    def fingerprint(self) -> str:
+        return redact.fingerprint(self.value)
+
+    def __repr__(self) -> str:  # never print the token itself
+        return f"Token({self.fingerprint}, expires_at={self.expires_at})"
+
+
+class TokenError(Exception):
+    """No token could be obtained. ``str()`` is safe to show to clients; ``reason`` is a short code."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TokenCache:
+    def __init__(
+        self,
+        load_credentials: CredentialsLoader,
+        request: Any,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        refresh_margin: float = REFRESH_MARGIN,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_max: float = BACKOFF_MAX,
+        min_fetch_interval: float = MIN_FETCH_INTERVAL,
+    ) -> None:
+        self._load_credentials = load_credentials
+        self._request = request
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self._refresh_margin = refresh_margin
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._min_fetch_interval = min_fetch_interval
+
+        self._lock = threading.Lock()
+        self._credentials: Credentials | None = None
+        self._token: Token | None = None
+        self._error: TokenError | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_fetch_at: float | None = None
+        self.fetches = 0
+        self.fetch_failures = 0
+        self.on_change: Callable[[str], None] | None = None  # called with a one-line state message
+
+    # -- non-blocking reads -------------------------------------------------------------------
+
+    def current(self) -> Token | None:
+        """The cached token if it is still usable, without blocking."""
+        token = self._token
+        if token is None:
+            return None
+        if token.expires_at is not None and self._clock() >= token.expires_at - EXPIRY_SKEW:
+            return None
+        return token
+
+    def refresh_due(self) -> bool:
+        """True when a (background) refresh should start: no token, or inside the refresh margin."""
+        token = self.current()
+        if token is None:
+            return True
+        return token.refresh_at is not None and self._clock() >= token.refresh_at
+
+    def in_backoff(self) -> bool:
+        return self._error is not None and self._clock() < self._retry_at
+
+    @property
+    def last_error(self) -> TokenError | None:
+        return self._error
+
+    @property
+    def credentials(self) -> Credentials | None:
+        return self._credentials
+
+    # -- blocking work (call from a worker thread) ------------------------------------------------
+
+    def get(self) -> Token:
+        """A usable token, fetching one if needed. Raises TokenError when none can be had."""
+        token = self.current()
+        if token is not None and not self.refresh_due():
+            return token
+        return self.refresh()
+
+    def refresh(self) -> Token:
+        """Fetch a new token unless another caller just did (single-flight)."""
+        with self._lock:
+            token = self.current()
+            if token is not None and not self.refresh_due():
+                return token  # someone else refreshed while we waited for the lock
+            if self.in_backoff():
+                if token is not None:
+                    return token  # keep serving the still-valid token
+                assert self._error is not None
+                raise self._error
+            self._respect_rate_ceiling()
+            try:
+                new = self._fetch()
+            except TokenError as e:
+                self._record_failure(e)
+                if token is not None:
+                    return token
+                raise
+            self._record_success(new)
+            return new
+
+    def invalidate(self, value: str) -> None:
+        """Forget ``value`` (upstream said 401 to it); a no-op when the cache already moved on."""
+        with self._lock:
+            if self._token is not None and self._token.value == value:
+                self._token = None
+                self._error = None
+                self._retry_at = 0.0
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _respect_rate_ceiling(self) -> None:
+        if self._last_fetch_at is None:
+            return
+        wait = self._last_fetch_at + self._min_fetch_interval - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+
+    def _fetch(self) -> Token:
+        self._last_fetch_at = self._clock()
+        try:
+            if self._credentials is None:
+                self._credentials = self._load_credentials()
+            creds = self._credentials
+            creds.refresh(self._request)
+            value = creds.token
+            if not value:
+                raise TokenError("The credentials returned no access token.", "no_token")
+            headers: dict[str, str] = {}
+            creds.apply(headers)
+        except TokenError:
+            raise
+        except gexc.DefaultCredentialsError as e:
+            self._credentials = None  # look for credentials again next time
+            raise describe_error(e) from None
+        except Exception as e:  # google-auth raises many types; all become one clear TokenError
+            raise describe_error(e) from None
+        now = self._clock()
+        expires_at = _epoch(creds.expiry)
+        refresh_at = None
+        if expires_at is not None:
+            lifetime = max(0.0, expires_at - now)
+            refresh_at = expires_at - min(self._refresh_margin, lifetime / 2)
+        headers = {k.lower(): v for k, v in headers.items()}
+        return Token(value, headers, expires_at, now, refresh_at)
+
+    def _record_success(self, token: Token) -> None:
+        recovered = self._error is not None
+        first = self._token is None and self.fetches == 0
+        self._token = token
+        self._error = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self.fetches += 1
+        if first or recovered:
+            self._notify("token available" + (" again" if recovered else ""))
+
+    def _record_failure(self, error: TokenError) -> None:
+        changed = self._error is None or str(self._error) != str(error)
+        self._error = error
+        self._failures += 1
+        self.fetch_failures += 1
+        delay = min(self._backoff_max, self._backoff_base * 2 ** (self._failures - 1))
+        delay *= 0.5 + self._jitter() / 2  # "equal jitter": spread retries, keep a floor
+        self._retry_at = self._clock() + delay
+        if changed:
+            self._notify(f"token unavailable: {error}")
+
+    def _notify(self, message: str) -> None:
+        if self.on_change is not None:
+            self.on_change(message)
+
+
+def _epoch(expiry: datetime.datetime | None) -> float | None:
+    """google-auth's expiry is a naive UTC datetime."""
+    if expiry is None:
+        return None
+    if expiry.tzinfo is None:
+        expiry = expiry.replace(tzinfo=datetime.UTC)
+    return expiry.timestamp()
+
+
+def describe_error(error: BaseException) -> TokenError:
+    """Turn a google-auth failure into one actionable sentence without secrets."""
+    detail = redact.redact_text(" ".join(str(a) for a in getattr(error, "args", ()) if a))[:300]
+    text = detail.lower()
+    if isinstance(error, gexc.DefaultCredentialsError):
+        if "not found" in text or "could not automatically determine" in text:
+            if "file" in text and "was not found" in text:
+                return TokenError(
+                    f"The credentials file named by GOOGLE_APPLICATION_CREDENTIALS does not exist ({detail}).",
+                    "credentials_file_missing",
+                )
+            return TokenError(
+                "No Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a key file, run "
+                "'gcloud auth application-default login', or run on a VM with a service account.",
+                "no_credentials",
+            )
+        return TokenError(f"The credentials file could not be used: {detail}", "credentials_file_invalid")
+    if isinstance(error, OSError):
+        return TokenError(f"The credentials file could not be read: {detail}", "credentials_file_unreadable")
+    if isinstance(error, gexc.RefreshError):
+        if "invalid_grant" in text:
+            return TokenError(
+                "The token endpoint rejected the credentials (invalid_grant): the key or refresh token "
+                "may be deleted, revoked or expired; create a new key or run "
+                "'gcloud auth application-default login' again.",
+                "invalid_grant",
+            )
+        if "metadata" in text or "compute engine" in text:
+            return TokenError(f"The GCE metadata server did not give a token: {detail}", "metadata_failed")
+        return TokenError(f"The token endpoint refused to give a token: {detail}", "token_endpoint_failed")
+    if isinstance(error, gexc.TransportError):
+        if "metadata" in text or "169.254.169.254" in text:
+            return TokenError(f"The GCE metadata server could not be reached: {detail}", "metadata_unreachable")
+        return TokenError(f"The token endpoint could not be reached: {detail}", "token_endpoint_unreachable")
+    return TokenError(f"Getting a token failed ({type(error).__name__}): {detail}", "token_failed")
+
+
+def credential_type(creds: object) -> str:
+    """A short name for the kind of credential google.auth.default() found."""
+    module = type(creds).__module__
+    name = type(creds).__name__
+    if module.startswith("google.oauth2.service_account"):
+        return "service_account"
+    if module.startswith("google.oauth2.credentials"):
+        return "authorized_user"
+    if module.startswith("google.auth.compute_engine"):
+        return "gce_metadata"
+    if module.startswith("google.auth.impersonated_credentials"):
+        return "impersonated_service_account"
+    if "external_account" in module or module.startswith(("google.auth.identity_pool", "google.auth.aws")):
+        return "external_account"
+    return name
+
+
+def principal(creds: object | None) -> str | None:
+    """The best identity we can name for logs: service-account email, user account, or client id."""
+    if creds is None:
+        return None
+    for attr in ("service_account_email", "signer_email", "account"):
+        value = getattr(creds, attr, None)
+        if isinstance(value, str) and value and value != "default":
+            return value
+    client_id = getattr(creds, "client_id", None)
+    if isinstance(client_id, str) and client_id:
+        return f"client:{client_id}"
+    return None

@@ -1,0 +1,1 @@
+"""gcp-auth-proxy: the program around the addons (CLI, settings, embedded mitmproxy)."""

@@ -1,0 +1,5 @@
+import sys
+
+from proxy import cli
+
+sys.exit(cli.main(sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""Shared fixtures: the fake Google, the real proxy process, clean environments."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fakegoogle import FakeGoogle
+from tests.proxyproc import ALL_OUTPUTS, CLEARED_VARIABLES, ProxyProcess, base_env, proxy_args, start_proxy
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These machines export CA and proxy variables globally; tests start from none of them."""
+    for name in CLEARED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith("GCP_AUTH_PROXY_"):
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def fake_google(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGoogle]:
+    fake = FakeGoogle(tmp_path_factory.mktemp("fakegoogle"))
+    fake.start()
+    yield fake
+    fake.stop()
+    # Session-wide check: no token the fake ever issued appears in any proxy's output.
+    tokens = [t for t in fake.issued_tokens if t]
+    for output in ALL_OUTPUTS:
+        text = output.read_text(errors="replace") if output.exists() else ""
+        leaked = [t[:12] for t in tokens if t in text]
+        assert not leaked, f"token(s) starting {leaked} appeared in {output}"
+
+
+@pytest.fixture
+def fake(fake_google: FakeGoogle) -> Iterator[FakeGoogle]:
+    """The session's fake Google, reset to normal behaviour for each test."""
+    fake_google.set_token_failure(None)
+    fake_google.token_lifetime = 3600
+    fake_google.clear_requests()
+    yield fake_google
+    fake_google.set_token_failure(None)
+
+
+@pytest.fixture
+def sa_key(fake: FakeGoogle, tmp_path: Path) -> Path:
+    return fake.write_service_account_key(tmp_path / "sa.json")
+
+
+ProxyFactory = Callable[..., ProxyProcess]
+
+
+@pytest.fixture
+def proxy_factory(fake: FakeGoogle, tmp_path: Path) -> Iterator[ProxyFactory]:
+    """Start real proxies: ``proxy_factory(*extra_args, env={...}, credentials=path|None)``."""
+    started: list[ProxyProcess] = []
+    counter = iter(range(1000))
+
+    def start(*extra: str, env: dict[str, str] | None = None, credentials: Path | None | str = "sa",
+              command: str = "serve", expect_listen: bool = True) -> ProxyProcess:
+        n = next(counter)
+        confdir = tmp_path / "confdir"
+        penv = base_env(**(env or {}))
+        if credentials == "sa":
+            penv["GOOGLE_APPLICATION_CREDENTIALS"] = str(fake.write_service_account_key(tmp_path / f"sa{n}.json"))
+        elif credentials is not None:
+            penv["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
+        pp = start_proxy([command, *proxy_args(fake, confdir, *extra)], env=penv, confdir=confdir,
+                         output=tmp_path / f"proxy{n}.log", expect_listen=expect_listen)
+        started.append(pp)
+        return pp
+
+    yield start
+    for pp in started:
+        pp.stop()
+
+
+@pytest.fixture
+def proxy(proxy_factory: ProxyFactory) -> ProxyProcess:
+    """A proxy with a service-account key from the fake Google, already holding a token."""
+    pp = proxy_factory()
+    pp.wait_for_line("token available")
+    return pp
