@@ -1,0 +1,27 @@
+# The two set-up commands: `make demo` and `make test`. Each creates .venv on first use.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench soak clean
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap
+	./scripts/bootstrap
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/gcp-auth-proxy demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check addons proxy fakegoogle examples tests benchmarks
+	$(PY) -m mypy addons proxy examples
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks
+
+soak: $(VENV)/.installed
+	$(PY) -m benchmarks.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
