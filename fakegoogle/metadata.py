@@ -1,0 +1,158 @@
+"""Plain-HTTP fake GCE metadata server, plus the /_fake/ admin endpoints.
+
+Admin (no Metadata-Flavor needed), for out-of-process control of a running fake:
+  POST /_fake/revoke_all
+  POST /_fake/token_failure?mode=500|invalid_grant|429|hang|none
+  POST /_fake/token_lifetime?seconds=N
+  GET  /_fake/stats  -> {"token_fetches", "token_requests", "requests",
+                         "requests_without_valid_token"}
+"""
+
+from __future__ import annotations
+
+from .credentials import PROJECT_ID
+from .http import (
+    Receive,
+    Request,
+    Response,
+    Scope,
+    Send,
+    json_response,
+    lifespan,
+    send_response,
+    text_response,
+)
+from .state import SharedState
+from .storage_model import PROJECT_NUMBER
+from .token_failures import failure_response
+
+SA_EMAIL = f"metadata-sa@{PROJECT_ID}.iam.gserviceaccount.com"
+DEFAULT_SCOPES = [
+    "https://www.googleapis.com/auth/cloud-platform",
+    "https://www.googleapis.com/auth/userinfo.email",
+]
+FLAVOR = [("metadata-flavor", "Google")]
+ROOT = "/computeMetadata/v1/"
+SA_PREFIX = "instance/service-accounts/"
+
+STATIC: dict[str, str] = {
+    "project/project-id": PROJECT_ID,
+    "project/numeric-project-id": PROJECT_NUMBER,
+    "instance/id": "4000000000000000000",
+    "instance/name": "demo-vm-1",
+    "instance/hostname": "demo-vm-1.us-central1-a.c.fake-project.internal",
+    "instance/zone": f"projects/{PROJECT_NUMBER}/zones/us-central1-a",
+    "universe/universe-domain": "googleapis.com",
+    SA_PREFIX: f"default/\n{SA_EMAIL}/\n",
+}
+
+
+def metadata_text(text: str, status: int = 200) -> Response:
+    return text_response(status, text, "application/text", FLAVOR)
+
+
+def stats(state: SharedState) -> dict[str, int]:
+    return {
+        "token_fetches": state.tokens.fetches,
+        "token_requests": state.tokens.requests,
+        "requests": state.log.total,
+        "requests_without_valid_token": state.log.without_valid_token,
+    }
+
+
+class MetadataApp:
+    """Answers like metadata.google.internal for google-auth's compute_engine credentials."""
+
+    def __init__(self, state: SharedState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request.from_scope(scope, receive)
+        try:
+            await request.drain()
+        except ConnectionError:
+            return
+        await send_response(send, await self.respond(request), head_only=request.method == "HEAD")
+
+    async def respond(self, request: Request) -> Response:
+        path = request.raw_path
+        if path.startswith("/_fake/"):
+            return self.admin(request, path[len("/_fake/") :])
+        if path == "/":
+            return metadata_text("computeMetadata/\n")
+        if not path.startswith(ROOT):
+            return metadata_text("Not Found\n", 404)
+        if request.headers.get("metadata-flavor", "").lower() != "google":
+            return text_response(403, "Missing required header: Metadata-Flavor\n")
+        return await self.metadata(request, path[len(ROOT) :])
+
+    async def metadata(self, request: Request, key: str) -> Response:
+        if key in STATIC:
+            return metadata_text(STATIC[key])
+        if not key.startswith(SA_PREFIX):
+            return metadata_text("Not Found\n", 404)
+        account, _, leaf = key[len(SA_PREFIX) :].partition("/")
+        if account not in ("default", SA_EMAIL):
+            return metadata_text("Not Found\n", 404)
+        if leaf == "":
+            if request.query.get("recursive", "").lower() == "true":
+                return json_response(
+                    200,
+                    {"aliases": ["default"], "email": SA_EMAIL, "scopes": DEFAULT_SCOPES},
+                    FLAVOR,
+                )
+            return metadata_text("aliases\nemail\nidentity\nscopes\ntoken\n")
+        if leaf == "email":
+            return metadata_text(SA_EMAIL)
+        if leaf == "aliases":
+            return metadata_text("default\n")
+        if leaf == "scopes":
+            return metadata_text("\n".join(DEFAULT_SCOPES) + "\n")
+        if leaf == "token":
+            return await self.token(request.query.get("scopes"))
+        return metadata_text("Not Found\n", 404)
+
+    async def token(self, scopes: str | None) -> Response:
+        """Issue a token; ``?scopes=a,b`` is echoed back as ``scope`` (the real server scopes the token)."""
+        self.state.tokens.count_request()
+        failure = await failure_response(self.state.tokens, self.state.stopping)
+        if failure is not None:
+            failure.headers.extend(FLAVOR)
+            return failure
+        token, expires_in = self.state.tokens.issue()
+        payload: dict[str, object] = {
+            "access_token": token,
+            "expires_in": expires_in,
+            "token_type": "Bearer",
+        }
+        if scopes:
+            payload["scope"] = " ".join(s for s in scopes.split(",") if s)
+        return json_response(200, payload, FLAVOR)
+
+    def admin(self, request: Request, action: str) -> Response:
+        tokens = self.state.tokens
+        if action == "stats" and request.method == "GET":
+            return json_response(200, stats(self.state))
+        if request.method != "POST":
+            return json_response(405, {"error": "use POST"})
+        if action == "revoke_all":
+            tokens.revoke_all()
+        elif action == "token_failure":
+            mode = request.query.get("mode") or None
+            try:
+                tokens.set_failure(None if mode in (None, "none") else mode)
+            except ValueError as exc:
+                return json_response(400, {"error": str(exc)})
+        elif action == "token_lifetime":
+            try:
+                tokens.lifetime = int(request.query["seconds"])
+            except (KeyError, ValueError):
+                return json_response(400, {"error": "seconds=N required"})
+        else:
+            return json_response(404, {"error": f"unknown admin action {action}"})
+        return json_response(200, {"ok": True})

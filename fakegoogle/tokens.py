@@ -1,0 +1,81 @@
+"""Issued access tokens, revocation, counters and the token-failure switch.
+
+Shared by the oauth2 endpoint, the metadata server and the API auth check,
+and mutated from test threads, so every access goes through one lock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+
+FAILURE_MODES = (None, "500", "invalid_grant", "429", "hang")
+
+
+class TokenStore:
+    """Thread-safe registry of bearer tokens this fake has issued."""
+
+    def __init__(self, lifetime: int = 3600) -> None:
+        self._lock = threading.Lock()
+        self._expiry: dict[str, float] = {}
+        self._order: list[str] = []
+        self._revoked: set[str] = set()
+        self.lifetime = lifetime
+        self.fetches = 0
+        self.requests = 0
+        self._failure: str | None = None
+
+    # --- counters -------------------------------------------------------
+    def count_request(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def issue(self) -> tuple[str, int]:
+        """Mint an unpredictable token; returns (token, expires_in)."""
+        token = "ya29.fake-" + secrets.token_urlsafe(32)
+        with self._lock:
+            lifetime = self.lifetime
+            self._expiry[token] = time.time() + lifetime
+            self._order.append(token)
+            self.fetches += 1
+        return token, lifetime
+
+    def is_valid(self, token: str) -> bool:
+        with self._lock:
+            expiry = self._expiry.get(token)
+            return expiry is not None and token not in self._revoked and time.time() < expiry
+
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self._revoked.add(token)
+
+    def revoke_all(self) -> None:
+        with self._lock:
+            self._revoked.update(self._expiry)
+
+    @property
+    def issued(self) -> list[str]:
+        with self._lock:
+            return list(self._order)
+
+    # --- failure injection ---------------------------------------------
+    @property
+    def failure(self) -> str | None:
+        return self._failure  # single attribute read is atomic
+
+    def set_failure(self, mode: str | None) -> None:
+        if mode not in FAILURE_MODES:
+            raise ValueError(
+                f"unknown token failure mode {mode!r}; expected one of {FAILURE_MODES}"
+            )
+        with self._lock:
+            self._failure = mode
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """Extract the token from an ``Authorization: Bearer X`` header value."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
