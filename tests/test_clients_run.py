@@ -37,10 +37,13 @@ def needs(tool: str) -> None:
 
 
 def gcloud_env(fake: FakeGoogle, tmp_path: Path, **extra: str) -> dict[str, str]:
-    """No `gcloud auth login`: a fresh, empty configuration directory."""
+    """No `gcloud auth login`: a fresh, empty configuration directory, and a fresh HOME so gsutil's
+    token cache (~/.gsutil) from another run cannot leak a stale placeholder in."""
     config = tmp_path / "gcloud"
     config.mkdir(exist_ok=True)
-    return wrapped_env(fake, tmp_path, CLOUDSDK_CONFIG=str(config),
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return wrapped_env(fake, tmp_path, CLOUDSDK_CONFIG=str(config), HOME=str(home),
                        CLOUDSDK_CORE_DISABLE_USAGE_REPORTING="true",
                        CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK="true", **extra)
 
