@@ -1,0 +1,117 @@
+"""Prometheus metrics for the proxy, in a registry of our own (served by addons/admin.py).
+
+Counts what the audit log records (same hosts, same fields), plus token cache state and
+client connections. Labels stay low-cardinality: host, service, status, auth; never a path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from mitmproxy import connection, ctx, http
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from addons.audit_log import audit_record, count_request_stream, count_response_stream
+
+PREFIX = "gcp_auth_proxy"
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class _TokenCollector(Collector):
+    """Token cache state, read at scrape time from the GoogleAuth addon (no copy to go stale)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        cache = self.metrics.token_cache()
+        fetches = CounterMetricFamily(f"{PREFIX}_token_refreshes", "Access tokens fetched successfully.")
+        failures = CounterMetricFamily(f"{PREFIX}_token_refresh_failures", "Failed attempts to fetch a token.")
+        expiry = GaugeMetricFamily(
+            f"{PREFIX}_token_expiry_seconds",
+            "Seconds until the cached token expires (absent while there is no usable token).",
+        )
+        usable = GaugeMetricFamily(f"{PREFIX}_token_usable", "1 while a cached token can be served, else 0.")
+        token = cache.current() if cache is not None else None
+        fetches.add_metric([], cache.fetches if cache is not None else 0)
+        failures.add_metric([], cache.fetch_failures if cache is not None else 0)
+        usable.add_metric([], 1 if token is not None else 0)
+        if token is not None and token.expires_at is not None:
+            expiry.add_metric([], max(0.0, token.expires_at - time.time()))
+        yield from (fetches, failures, expiry, usable)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            f"{PREFIX}_requests", "Requests to injected hosts, by outcome.",
+            ["host", "service", "status", "auth"], registry=self.registry,
+        )
+        self.duration = Histogram(
+            f"{PREFIX}_request_duration_seconds", "Time from request start to the end of the response.",
+            ["service"], buckets=DURATION_BUCKETS, registry=self.registry,
+        )
+        self.bytes = Counter(
+            f"{PREFIX}_body_bytes", "Body bytes moved for injected hosts (direction: sent = request "
+            "bodies to Google, received = response bodies).", ["service", "direction"], registry=self.registry,
+        )
+        self.connections = Gauge(
+            f"{PREFIX}_active_connections", "Client connections open now (tunnels included).",
+            registry=self.registry,
+        )
+        self.audit_ok = Gauge(
+            f"{PREFIX}_audit_log_writable", "1 while the audit log can be written (or is off), else 0.",
+            registry=self.registry,
+        )
+        self.audit_ok.set_function(self._audit_writable)
+        self.registry.register(_TokenCollector(self))
+
+    def token_cache(self) -> Any:
+        gauth = ctx.master.addons.get("googleauth") if getattr(ctx, "master", None) else None
+        return getattr(gauth, "cache", None)
+
+    def _audit_writable(self) -> float:
+        audit = ctx.master.addons.get("auditlog") if getattr(ctx, "master", None) else None
+        return 0.0 if audit is not None and audit.broken else 1.0
+
+    # -- hooks ---------------------------------------------------------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        self.connections.inc()
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.connections.dec()
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if "gauth" in flow.metadata:
+            count_request_stream(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if "gauth" in flow.metadata:
+            count_response_stream(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._observe(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._observe(flow)
+
+    def _observe(self, flow: http.HTTPFlow) -> None:
+        if "gauth" not in flow.metadata:
+            return
+        record = audit_record(flow)
+        service = record.get("service") or ""
+        status = str(record["status"]) if record["status"] is not None else "error"
+        self.requests.labels(record["host"], service, status, record["auth"]).inc()
+        self.duration.labels(service).observe(record["duration_ms"] / 1000)
+        for key, direction in (("request_bytes", "sent"), ("response_bytes", "received")):
+            if record[key]:
+                self.bytes.labels(service, direction).inc(record[key])
+
+
+addons = [Metrics()]
