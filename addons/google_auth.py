@@ -65,6 +65,7 @@ class GoogleAuth:
         self.client_auth = "keep"
         self.cache: TokenCache | None = None
         self._inflight: asyncio.Future[Token] | None = None
+        self._retry: asyncio.TimerHandle | None = None
         self._transport: Any = None
 
     def load(self, loader: Any) -> None:
@@ -130,7 +131,24 @@ class GoogleAuth:
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(asyncio.to_thread(self.cache.refresh))
             self._inflight.add_done_callback(_consume_exception)
+            self._inflight.add_done_callback(self._retry_without_token)
         return self._inflight
+
+    def _retry_without_token(self, future: asyncio.Future[Token]) -> None:
+        """With no token at all, keep trying in the background (a metadata server still coming
+        up, an outage), at the cache's backoff pace, so the first request after recovery works."""
+        if future.cancelled() or future.exception() is None or self.cache is None:
+            return
+        if self.cache.current() is None and (self._retry is None or self._retry.cancelled()):
+            def retry() -> None:
+                self._retry = None
+                self._start_refresh()
+
+            self._retry = asyncio.get_running_loop().call_later(max(0.05, self.cache.retry_in()), retry)
+
+    def done(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
 
     async def token(self) -> Token:
         """A valid token; serves the cached one while a refresh runs in the background."""

@@ -6,17 +6,25 @@ so link-local addresses and metadata host names are refused unless explicitly al
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import server_hooks
 
 from addons import hosts
 from addons.errors import error_response
 
+logger = logging.getLogger(__name__)
+
 METADATA_NAMES = ("metadata.google.internal", "metadata", "metadata.goog")
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -42,9 +50,42 @@ def is_metadata_host(host: str | None) -> bool:
     ip = parse_ip(name)
     if ip is None:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv4 inside IPv6: mapped (::ffff:a.b.c.d), compatible (::a.b.c.d), 6to4, NAT64 (64:ff9b::/96).
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and (ip in _NAT64 or ip in _V4_COMPATIBLE):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
     return ip.is_link_local or ip == ipaddress.ip_address("fd00:ec2::254")
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def pin_address(host: str, port: int, resolver: Resolver = system_resolver) -> str | None:
+    """The address to connect to for ``host``, or None when it may not be reached.
+
+    A name can resolve to the metadata server (``evil.example -> 169.254.169.254``) as easily as
+    a client can spell its address, so the check runs on what the name resolves to, and the
+    connection goes to the address that was checked (no second lookup to rebind). A name that
+    does not resolve is left to fail as it would.
+    """
+    if is_metadata_host(host):
+        return None
+    if parse_ip(host) is not None:
+        return host
+    try:
+        addresses = await resolver(host, port)
+    except (OSError, UnicodeError):
+        return host
+    if not addresses:
+        return host
+    if any(is_metadata_host(a) for a in addresses):
+        return None
+    return addresses[0]
 
 
 class Policy:
@@ -105,4 +146,26 @@ class Policy:
         return True
 
 
-addons = [Policy()]
+class MetadataGuard:
+    """Checks the address a connection is about to go to, after every address override.
+
+    Listed after Resolve in ``default_addons()``; shares ``policy_allow_metadata`` with Policy.
+    """
+
+    def __init__(self, resolver: Resolver = system_resolver) -> None:
+        self.resolver = resolver
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        if server.address is None or server.error or ctx.options.policy_allow_metadata:
+            return
+        host, port = server.address[0], server.address[1]
+        pinned = await pin_address(host, port, self.resolver)
+        if pinned is None:
+            logger.warning("refused a connection to %s: it is the metadata server or link-local", host)
+            server.error = f"gcp-auth-proxy refuses to connect to {host}: the metadata server is not reachable through it"
+        elif pinned != host:
+            server.address = (pinned, port)
+
+
+addons = [Policy(), MetadataGuard()]

@@ -122,6 +122,10 @@ class TokenCache:
     def in_backoff(self) -> bool:
         return self._error is not None and self._clock() < self._retry_at
 
+    def retry_in(self) -> float:
+        """Seconds until the next fetch may be tried (0 when not backing off)."""
+        return max(0.0, self._retry_at - self._clock()) if self._error is not None else 0.0
+
     @property
     def last_error(self) -> TokenError | None:
         return self._error
@@ -224,6 +228,10 @@ class TokenCache:
         self.fetch_failures += 1
         delay = min(self._backoff_max, self._backoff_base * 2 ** (self._failures - 1))
         delay *= 0.5 + self._jitter() / 2  # "equal jitter": spread retries, keep a floor
+        # The token source's own Retry-After (seen by the transport) wins over a shorter backoff.
+        retry_after = getattr(self._request, "retry_after", None)
+        if callable(retry_after):
+            delay = max(delay, float(retry_after()))
         self._retry_at = self._clock() + delay
         if changed:
             self._notify(f"token unavailable: {error}")
@@ -261,6 +269,8 @@ def describe_error(error: BaseException) -> TokenError:
         return TokenError(f"The credentials file could not be used: {detail}", "credentials_file_invalid")
     if isinstance(error, OSError):
         return TokenError(f"The credentials file could not be read: {detail}", "credentials_file_unreadable")
+    if isinstance(error, gexc.GoogleAuthError) and "rate limited" in text:
+        return TokenError(f"The token source is rate limiting gcp-auth-proxy: {detail}", "token_rate_limited")
     if isinstance(error, gexc.RefreshError):
         if "invalid_grant" in text:
             return TokenError(

@@ -126,3 +126,7 @@ class FakeGoogle:
 
     def clear_requests(self) -> None:
         self._state.log.clear()
+
+    def reset_storage(self) -> None:
+        """Drop every bucket and object tests created; keep demo-bucket/hello.txt and bench."""
+        self._state.storage.reset()

@@ -197,7 +197,12 @@ class Storage:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._buckets: dict[str, Bucket] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the initial buckets and objects (tests share one fake per session)."""
+        with self._lock:
+            self._buckets: dict[str, Bucket] = {}
         self.create_bucket("demo-bucket", PROJECT_ID)
         self.create_bucket(BENCH_BUCKET, PROJECT_ID)
         self.put_bytes("demo-bucket", "hello.txt", b"hello from fake Google\n", "text/plain")

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from proxy import runcmd
 from proxy import settings as settings_mod
 from proxy.errors import ExitStatus, ProxyError
 
@@ -35,6 +36,8 @@ def _serve_options() -> argparse.ArgumentParser:
     g.add_argument("--upstream-ca", metavar="FILE",
                    help="trust this CA bundle in addition to the public roots for upstream TLS")
     g.add_argument("--audit-log", metavar="PATH", help="append one JSON line per Google API call ('-': stdout)")
+    g.add_argument("--admin-listen", metavar="HOST:PORT",
+                   help="serve /healthz, /readyz and /metrics here (off by default; loopback unless --proxy-auth)")
     g.add_argument("--client-auth", choices=("keep", "replace", "reject"),
                    help="a request that brings its own Authorization: keep it (default), replace it, or reject it")
     g.add_argument("--allow-metadata", action="store_const", const=True,
@@ -42,6 +45,17 @@ def _serve_options() -> argparse.ArgumentParser:
     g.add_argument("--log-file", metavar="PATH", help="write operational logs here instead of stderr")
     g.add_argument("--log-format", choices=("text", "json"), help="operational log format (default text)")
     g.add_argument("-v", "--verbose", action="store_const", const=True, help="debug logging")
+    h = p.add_argument_group("hardening (docs/security.md; 0 turns a timeout off)")
+    h.add_argument("--allow-host", action="append", metavar="PATTERN",
+                   help="only these hosts may be reached at all, exact or *.suffix (repeatable; default: any)")
+    h.add_argument("--max-connections", metavar="N", help="client connections open at once (default 256)")
+    h.add_argument("--max-header-size", metavar="BYTES", help="largest request head, e.g. 64k (default 64k)")
+    h.add_argument("--header-timeout", metavar="S", help="seconds for a request head to arrive (default 30)")
+    h.add_argument("--idle-timeout", metavar="S", help="close connections idle this long (default 600)")
+    h.add_argument("--connect-timeout", metavar="S", help="seconds to connect upstream (default 10)")
+    h.add_argument("--read-timeout", metavar="S", help="seconds for an upstream to start answering (default 300)")
+    h.add_argument("--shutdown-grace", metavar="S",
+                   help="on SIGTERM, seconds to let requests in flight finish (default 10)")
     return p
 
 
@@ -57,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--confdir", metavar="DIR")
     demo = sub.add_parser("demo", help="run a demo against a local fake Google (no account needed)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
+    runcmd.add_parsers(sub, common)
+    audit = sub.add_parser("audit", help="read audit logs")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    summary = audit_sub.add_parser("summary", help="tables of calls, principals, errors, bytes, slowest calls")
+    summary.add_argument("path", metavar="PATH", help="an audit log file, or - for stdin")
+    summary.add_argument("--json", action="store_true", help="print the summary as JSON")
+    summary.add_argument("--top", type=int, default=10, metavar="N", help="rows in the error and slowest lists")
     return parser
 
 
@@ -72,11 +93,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def announce(addresses: list[tuple[str, int]]) -> None:
         listen = ", ".join(f"{h}:{p}" for h, p in addresses)
-        logger.info("listening on %s; CA certificate %s; injecting tokens for %s",
-                    listen, settings.confdir / "mitmproxy-ca-cert.pem", ", ".join(settings.inject_hosts))
+        logger.info("listening on %s; CA certificate %s; injecting tokens for %s; audit log %s",
+                    listen, settings.confdir / "mitmproxy-ca-cert.pem", ", ".join(settings.inject_hosts),
+                    settings.audit_log or "off")
 
     asyncio.run(embed.run_proxy(settings, on_ready=announce))
     return ExitStatus.OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from proxy import audit_summary
+
+    return audit_summary.main(args.path, as_json=args.json, top=args.top)
 
 
 def cmd_ca(args: argparse.Namespace) -> int:
@@ -93,7 +121,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(keep=args.keep)
 
 
-COMMANDS: dict[str, Any] = {"serve": cmd_serve, "ca": cmd_ca, "demo": cmd_demo}
+COMMANDS: dict[str, Any] = {"serve": cmd_serve, "ca": cmd_ca, "demo": cmd_demo,
+                            "run": runcmd.cmd_run, "env": runcmd.cmd_env, "audit": cmd_audit}
 
 
 def main(argv: Sequence[str]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,14 @@ def mitmproxy_options(settings: Settings, upstream_bundle: Path | None) -> dict[
         "gauth_scopes": list(settings.scopes),
         "gauth_client_auth": settings.client_auth,
         "audit_log": settings.audit_log or "",
+        "admin_listen": settings.admin_listen or "",
+        "policy_allow_hosts": list(settings.allow_hosts),
+        "tcp_timeout": max(1, round(settings.idle_timeout)),
+        "limits_max_connections": settings.max_connections,
+        "limits_max_header_size": settings.max_header_size,
+        "limits_header_timeout": settings.header_timeout,
+        "limits_connect_timeout": settings.connect_timeout,
+        "limits_read_timeout": settings.read_timeout,
     }
 
 
@@ -98,6 +106,7 @@ async def run_proxy(
     on_ready: Callable[[list[Address]], None] | None = None,
     install_signal_handlers: bool = True,
     started: Callable[[master.Master], None] | None = None,
+    extra_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Serve until shutdown (SIGINT/SIGTERM, or ``master.shutdown()`` via ``started``).
 
@@ -113,7 +122,8 @@ async def run_proxy(
     ready = _Ready(on_ready, startup)
     m.addons.add(*mitmproxy_addons(), *default_addons(), ready)
     try:
-        opts.update(**mitmproxy_options(settings, upstream))
+        # extra_options: per-run values that are not settings (e.g. `run`'s placeholder tokens).
+        opts.update(**mitmproxy_options(settings, upstream), **(extra_options or {}))
     except Exception as e:  # OptionsError from an addon's configure()
         startup.uninstall()
         raise ProxyError(f"invalid configuration: {e}") from None
@@ -121,8 +131,10 @@ async def run_proxy(
 
     loop = asyncio.get_running_loop()
     if install_signal_handlers:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, m.shutdown)
+        # First signal drains for --shutdown-grace seconds, a second one exits at once.
+        from proxy.shutdown import GracefulShutdown
+
+        GracefulShutdown(m, settings.shutdown_grace).install(loop)
         if hasattr(signal, "SIGHUP"):
             loop.add_signal_handler(signal.SIGHUP, _reopen_logs, m)
     if started is not None:

@@ -17,6 +17,8 @@ class ExitStatus(IntEnum):
     SOFTWARE = 70  # a bug: an unexpected exception
     CANTCREAT = 73  # confdir / CA / bundle could not be written
     NOPERM = 77  # permission refused (e.g. nested run refused)
+    NOEXEC = 126  # `run`: the command exists but could not be executed (as a shell reports it)
+    NOTFOUND = 127  # `run`: the command was not found (as a shell reports it)
 
 
 class ProxyError(Exception):

@@ -43,11 +43,21 @@ class Settings:
     resolve: tuple[str, ...] = ()  # PATTERN=ADDR[:PORT], applies to every upstream connection
     upstream_ca: Path | None = None  # trusted in addition to the public roots
     audit_log: str | None = None  # path or "-"
+    admin_listen: str | None = None  # HOST:PORT for /healthz, /readyz, /metrics; off when None
     client_auth: str = "keep"
     allow_metadata: bool = False
     log_file: str | None = None
     log_format: str = "text"
     verbose: bool = False
+    # Hardening (docs/security.md): reachable hosts, connection limits and timeouts (seconds).
+    allow_hosts: tuple[str, ...] = ()  # if set, only these hosts may be reached at all
+    max_connections: int = 256
+    max_header_size: int = 64 * 1024
+    header_timeout: float = 30.0
+    idle_timeout: float = 600.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    shutdown_grace: float = 10.0
 
     @property
     def listen(self) -> str:
@@ -65,11 +75,20 @@ _FIELDS: dict[str, str] = {
     "resolve": "list",
     "upstream_ca": "str",
     "audit_log": "str",
+    "admin_listen": "str",
     "client_auth": "str",
     "allow_metadata": "bool",
     "log_file": "str",
     "log_format": "str",
     "verbose": "bool",
+    "allow_host": "list",
+    "max_connections": "str",
+    "max_header_size": "str",
+    "header_timeout": "str",
+    "idle_timeout": "str",
+    "connect_timeout": "str",
+    "read_timeout": "str",
+    "shutdown_grace": "str",
 }
 
 
@@ -176,13 +195,79 @@ def validate(values: Mapping[str, Any]) -> Settings:
         resolve=resolve,
         upstream_ca=upstream_ca_path,
         audit_log=values.get("audit_log") or None,
+        admin_listen=_admin_listen(values.get("admin_listen"), proxy_auth),
         client_auth=client_auth,
         allow_metadata=bool(values.get("allow_metadata", False)),
         log_file=values.get("log_file") or None,
         log_format=log_format,
         verbose=bool(values.get("verbose", False)),
+        **_hardening(values),
     )
+
+
+def _admin_listen(text: str | None, proxy_auth: str | None) -> str | None:
+    """--admin-listen HOST:PORT; loopback unless proxy auth is set (the endpoints have no auth)."""
+    if not text:
+        return None
+    from addons.admin import parse_admin_listen
+
+    try:
+        host, _port = parse_admin_listen(text)
+    except ValueError as e:
+        raise ProxyError(f"--admin-listen: {e}") from None
+    if not proxy_auth and not is_loopback(host):
+        raise ProxyError(
+            f"refusing to serve the admin endpoints on {host} without --proxy-auth: "
+            "use a loopback address such as 127.0.0.1:9090"
+        )
+    return text
 
 
 def _split_scopes(text: str) -> Sequence[str]:
     return [s for s in text.replace(",", " ").split() if s]
+
+
+def _hardening(values: Mapping[str, Any]) -> dict[str, Any]:
+    """--allow-host, the connection limits and timeouts: numbers checked, errors name the flag."""
+    allow = tuple(values.get("allow_host") or ())
+    for pattern in allow:
+        try:
+            hosts.parse_host_pattern(pattern)
+        except ValueError as e:
+            raise ProxyError(f"--allow-host: {e}") from None
+    out: dict[str, Any] = {"allow_hosts": allow}
+    defaults = Settings()
+    for name in ("max_connections", "max_header_size"):
+        raw = values.get(name)
+        out[name] = getattr(defaults, name) if raw is None else _size(name, raw)
+    for name in ("header_timeout", "idle_timeout", "connect_timeout", "read_timeout", "shutdown_grace"):
+        raw = values.get(name)
+        out[name] = getattr(defaults, name) if raw is None else _seconds(name, raw)
+    if out["idle_timeout"] < 1:
+        raise ProxyError("--idle-timeout must be at least 1 second")
+    return out
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _size(name: str, raw: Any) -> int:
+    """A count or byte size: ``256``, ``64k``, ``1m``; 0 means no limit."""
+    text = str(raw).strip().lower()
+    scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit() or len(digits) > 12:
+        raise ProxyError(f"{_flag(name)} {raw!r} is not a whole number (e.g. 256, 64k)")
+    return int(digits) * scale
+
+
+def _seconds(name: str, raw: Any) -> float:
+    """Seconds, a non-negative finite number; 0 turns the timeout off (not allowed for every flag)."""
+    try:
+        value = float(str(raw).strip().removesuffix("s"))
+    except ValueError:
+        raise ProxyError(f"{_flag(name)} {raw!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400 * 7:
+        raise ProxyError(f"{_flag(name)} {raw!r} must be between 0 and 604800 seconds")
+    return value

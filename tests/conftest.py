@@ -42,6 +42,7 @@ def fake(fake_google: FakeGoogle) -> Iterator[FakeGoogle]:
     fake_google.set_token_failure(None)
     fake_google.token_lifetime = 3600
     fake_google.clear_requests()
+    fake_google.reset_storage()
     yield fake_google
     fake_google.set_token_failure(None)
 
