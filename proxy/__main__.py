@@ -1,6 +1,3 @@
-import sys
+from proxy.launch import console_main
 
-from proxy import cli
-
-cli.reexec_optimized(sys.argv[1:])
-sys.exit(cli.main(sys.argv[1:]))
+console_main()

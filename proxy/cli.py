@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -142,23 +141,7 @@ def main(argv: Sequence[str]) -> int:
         return 130
 
 
-# Commands that run the proxy: they re-execute once under `python -O`.
-_PROXY_COMMANDS = frozenset({"serve", "run", "demo"})
-
-
-def reexec_optimized(argv: Sequence[str]) -> None:
-    """Re-execute ``python -O -m proxy ARGV`` for commands that run the proxy.
-
-    mitmproxy checks the type of every internal event unless Python runs with -O; that costs
-    10-16 % of the proxy's CPU per request (benchmarks/levers.py). Our own asserts only narrow
-    types, and the test suite's proxies run this same path. The child of `run` is a separate
-    program and is not affected.
-    """
-    if sys.flags.optimize or not argv or argv[0] not in _PROXY_COMMANDS:
-        return
-    os.execv(sys.executable, [sys.executable, "-O", "-m", "proxy", *argv])
-
-
 def console_main() -> None:
-    reexec_optimized(sys.argv[1:])
-    sys.exit(main(sys.argv[1:]))
+    from proxy.launch import console_main as launch
+
+    launch()
