@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap
 demo: $(VENV)/.installed
 	$(VENV)/bin/gcp-auth-proxy demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed

@@ -236,7 +236,7 @@ class GoogleAuth:
         meta["token_id"] = token.fingerprint
         try:
             flow.response = await asyncio.to_thread(self._replay, flow, token)
-        except Exception as e:  # the original 401 still goes to the client
+        except Exception as e:  # noqa: BLE001 - any failure: the original 401 still goes to the client
             logger.warning("retry after 401 failed: %s", redact.redact_text(str(e), [token.value]))
 
     def _may_retry(self, flow: http.HTTPFlow) -> bool:

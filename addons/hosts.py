@@ -22,8 +22,7 @@ class HostPattern(NamedTuple):
 def normalize_host(host: str) -> str:
     """Lower-case a host name and drop one trailing dot (``STORAGE.GOOGLEAPIS.COM.``)."""
     host = host.strip().lower()
-    if host.endswith("."):
-        host = host[:-1]
+    host = host.removesuffix(".")
     return host
 
 

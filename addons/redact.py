@@ -52,7 +52,7 @@ def redact_query(query: str) -> str:
         return query
     parts = []
     for part in query.split("&"):
-        name, sep, _value = part.partition("=")
+        name, _, _value = part.partition("=")
         if unquote(name).strip().lower() in SECRET_PARAMS:
             part = f"{name}={MARKER}"
         parts.append(part)

@@ -199,7 +199,7 @@ class TokenCache:
         except gexc.DefaultCredentialsError as e:
             self._credentials = None  # look for credentials again next time
             raise describe_error(e) from None
-        except Exception as e:  # google-auth raises many types; all become one clear TokenError
+        except Exception as e:  # noqa: BLE001 - google-auth raises many types; all become one TokenError
             raise describe_error(e) from None
         now = self._clock()
         expires_at = _epoch(creds.expiry)

@@ -140,7 +140,7 @@ async def run_proxy(
         # extra_options: per-run values that are not settings (e.g. `run`'s placeholder tokens).
         # Options of addons left out by selected_addons() do not exist: their values are unset.
         opts.update(**{k: v for k, v in values.items() if k in opts})
-    except Exception as e:  # OptionsError from an addon's configure()
+    except Exception as e:  # noqa: BLE001 - OptionsError and friends from an addon's configure()
         startup.uninstall()
         raise ProxyError(f"invalid configuration: {e}") from None
     logger.debug("CA certificate: %s", ca_cert)

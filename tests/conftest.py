@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from fakegoogle import FakeGoogle
-from tests.proxyproc import ALL_OUTPUTS, CLEARED_VARIABLES, ProxyProcess, base_env, proxy_args, start_proxy
+from tests.proxyproc import (
+    ALL_OUTPUTS,
+    CLEARED_VARIABLES,
+    ProxyProcess,
+    base_env,
+    proxy_args,
+    start_proxy,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -41,16 +41,14 @@ def run(coro):
 
 def test_bad_host_pattern_is_an_options_error():
     addon = google_auth.GoogleAuth()
-    with taddons.context(addon) as tctx:
-        with pytest.raises(exceptions.OptionsError):
-            tctx.configure(addon, gauth_hosts=["*"])
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError):
+        tctx.configure(addon, gauth_hosts=["*"])
 
 
 def test_bad_resolve_rule_is_an_options_error():
     addon = resolve.Resolve()
-    with taddons.context(addon) as tctx:
-        with pytest.raises(exceptions.OptionsError):
-            tctx.configure(addon, upstream_resolve=["nonsense"])
+    with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError):
+        tctx.configure(addon, upstream_resolve=["nonsense"])
 
 
 def test_token_added_when_sni_matches():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 import requests
@@ -33,7 +34,7 @@ def test_curl_downloads_object(proxy: ProxyProcess, fake: FakeGoogle):
     out = subprocess.run(
         ["curl", "-sS", "--fail-with-body", "-x", proxy.url, "--cacert", str(proxy.ca_cert),
          "https://storage.googleapis.com/storage/v1/b/demo-bucket/o/hello.txt?alt=media"],
-        env=base_env(), capture_output=True, timeout=30,
+        env=base_env(), capture_output=True, timeout=30, check=False,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"hello from fake Google\n"
@@ -72,7 +73,8 @@ def client_env(proxy: ProxyProcess) -> dict[str, str]:
 def run_python(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import sys
 
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
 
 
 def test_google_cloud_storage_with_anonymous_credentials(proxy: ProxyProcess, fake: FakeGoogle):
@@ -93,7 +95,7 @@ def test_curl_http2_is_served(proxy: ProxyProcess, fake: FakeGoogle):
     out = subprocess.run(
         ["curl", "-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", "-x", proxy.url,
          "--cacert", str(proxy.ca_cert), "https://storage.googleapis.com/storage/v1/b/demo-bucket"],
-        env=base_env(), capture_output=True, text=True, timeout=30,
+        env=base_env(), capture_output=True, text=True, timeout=30, check=False,
     )
     assert out.stdout == "2 200", out.stderr
     assert any(q.path == "/storage/v1/b/demo-bucket" and q.http_version == "2" for q in fake.requests)
@@ -132,9 +134,9 @@ def test_spoofed_host_header_gets_no_token(proxy_factory, fake: FakeGoogle):
 
 
 class _RecordingHandler(BaseHTTPRequestHandler):
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         _RecordingHandler.seen.append({k.lower(): v for k, v in self.headers.items()})
         self.send_response(200)
         self.send_header("content-length", "2")
