@@ -7,6 +7,7 @@ so link-local addresses and metadata host names are refused unless explicitly al
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -40,6 +41,7 @@ def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)  # runs on every request and connection; hosts repeat
 def is_metadata_host(host: str | None) -> bool:
     """The GCE metadata server by name, or any link-local address (169.254/16, fe80::/10, fd00:ec2::254)."""
     if not host:

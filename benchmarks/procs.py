@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import certifi
 
-from tests.proxyproc import CLEARED_VARIABLES
+from tests.proxyproc import base_env as clean_env  # no inherited proxy/CA variables
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -26,13 +26,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """No inherited proxy/CA variables (these machines export some globally)."""
-    env = {k: v for k, v in os.environ.items() if k not in CLEARED_VARIABLES and not k.startswith("GCP_AUTH_PROXY_")}
-    env.update(NO_GCE_CHECK="true", GCE_METADATA_IP="127.0.0.1:9", GCE_METADATA_HOST="127.0.0.1:9",
-               PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 def free_port() -> int:

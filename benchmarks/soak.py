@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -29,20 +28,11 @@ from typing import IO, Any
 
 import requests
 
+from benchmarks.procs import clean_env
+
 ROOT = Path(__file__).resolve().parent.parent
 EXPIRY_SKEW = 10.0  # addons/token_cache.py: a token is not served in its last 10 s
 START_TIMEOUT = 30.0
-_CLEARED = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
-            "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-            "GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _CLEARED and not k.startswith("GCP_AUTH_PROXY_")}
-    env.update(NO_GCE_CHECK="true", GCE_METADATA_HOST="127.0.0.1:9", GCE_METADATA_IP="127.0.0.1:9",
-               PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 def rss_kib(pid: int) -> int:

@@ -7,15 +7,11 @@ from typing import Any
 
 from .compute import compute
 from .http import (
-    Receive,
+    App,
     Request,
     Response,
-    Scope,
-    Send,
     google_error,
     json_response,
-    lifespan,
-    send_response,
 )
 from .oauth import token_endpoint
 from .projects import bigquery, resource_manager
@@ -98,28 +94,18 @@ def record(state: SharedState, request: Request, token_valid: bool, server: str)
     )
 
 
-class GoogleApisApp:
+class GoogleApisApp(App):
     """One ASGI app behind the wildcard certificate; dispatches on the Host header."""
 
     def __init__(self, state: SharedState) -> None:
         self.state = state
         self.storage = StorageApi(state.storage)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        request = Request.from_scope(scope, receive)
-        try:
-            response = await self.respond(request)
-        except ConnectionError:
-            return  # client went away mid-body
-        except Exception:
-            log.exception("fakegoogle handler failed for %s %s", request.method, request.full_path)
-            response = google_error(500, "Internal error in fakegoogle.")
-        await send_response(send, response, head_only=request.method == "HEAD")
+    drain_body = False  # routes read bodies themselves, so uploads stream
+
+    def internal_error(self, request: Request) -> Response:
+        log.exception("fakegoogle handler failed for %s %s", request.method, request.full_path)
+        return google_error(500, "Internal error in fakegoogle.")
 
     async def respond(self, request: Request) -> Response:
         service = service_for(request.host)

@@ -8,6 +8,7 @@ Response bodies may be async iterators so large payloads stream with flat memory
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,3 +182,38 @@ async def lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+class App:
+    """ASGI plumbing the fake servers share: lifespan, then one Response per HTTP request.
+
+    ``drain_body`` reads the whole request body before ``respond`` (small control requests);
+    the googleapis app leaves it to its routes so uploads stream.
+    """
+
+    drain_body = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request.from_scope(scope, receive)
+        try:
+            if self.drain_body:
+                await request.drain()
+            response = await self.respond(request)
+        except ConnectionError:
+            return  # the client went away mid-body
+        except Exception:  # noqa: BLE001 - a bug in a fake route must answer, not hang the client
+            response = self.internal_error(request)
+        await send_response(send, response, head_only=request.method == "HEAD")
+
+    async def respond(self, request: Request) -> Response:
+        raise NotImplementedError
+
+    def internal_error(self, request: Request) -> Response:
+        logging.getLogger(__name__).exception("fakegoogle handler failed for %s %s",
+                                              request.method, request.full_path)
+        return json_response(500, {"error": {"code": 500, "message": "Internal error in fakegoogle."}})

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 from .credentials import PROJECT_ID
 from .http import (
-    Receive,
+    App,
     Request,
     Response,
-    Scope,
-    Send,
     json_response,
-    lifespan,
-    send_response,
     text_response,
 )
 from .state import SharedState
@@ -60,24 +56,11 @@ def stats(state: SharedState) -> dict[str, int]:
     }
 
 
-class MetadataApp:
+class MetadataApp(App):
     """Answers like metadata.google.internal for google-auth's compute_engine credentials."""
 
     def __init__(self, state: SharedState) -> None:
         self.state = state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        request = Request.from_scope(scope, receive)
-        try:
-            await request.drain()
-        except ConnectionError:
-            return
-        await send_response(send, await self.respond(request), head_only=request.method == "HEAD")
 
     async def respond(self, request: Request) -> Response:
         path = request.raw_path

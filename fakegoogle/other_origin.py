@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 from .googleapis import record
-from .http import Receive, Request, Scope, Send, json_response, lifespan, send_response
+from .http import App, Request, Response, json_response
 from .state import SharedState
 from .tokens import bearer_token
 
 
-class OtherOriginApp:
+class OtherOriginApp(App):
     """Proves tunnelling: clients trusting only its own CA reach it unmodified."""
 
     def __init__(self, state: SharedState) -> None:
         self.state = state
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        request = Request.from_scope(scope, receive)
-        try:
-            await request.drain()
-        except ConnectionError:
-            return
+    async def respond(self, request: Request) -> Response:
         token = bearer_token(request.headers.get("authorization"))
         token_valid = token is not None and self.state.tokens.is_valid(token)
         headers = dict(request.headers)
@@ -39,4 +29,4 @@ class OtherOriginApp:
             "body_bytes": request.body_bytes,
         }
         record(self.state, request, token_valid, "other")
-        await send_response(send, json_response(200, payload), head_only=request.method == "HEAD")
+        return json_response(200, payload)
