@@ -19,6 +19,7 @@ from pathlib import Path
 
 from addons.redact import fingerprint
 from proxy import trust
+from proxy.errors import ProxyError
 
 STEP_TIMEOUT = 60
 OBJECT_URL = "https://storage.googleapis.com/storage/v1/b/demo-bucket/o/hello.txt?alt=media"
@@ -190,7 +191,15 @@ def _check_no_token_shown(demo: Demo, tokens: list[str]) -> None:
 
 def main(keep: bool = False) -> int:
     """Run the demo; 0 on success, 1 with one sentence on stderr when a step failed."""
-    from fakegoogle import FakeGoogle
+    try:
+        from google.cloud import storage  # noqa: F401 - the demo's own client
+
+        from fakegoogle import FakeGoogle
+    except ImportError as e:
+        raise ProxyError(
+            f"the demo needs the fake Google and its clients ({e.name} is missing): "
+            "pip install 'gcp-auth-proxy[test]', or run `make demo` from a checkout"
+        ) from None
 
     def say(text: str) -> None:
         print(text, flush=True)
