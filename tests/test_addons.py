@@ -130,4 +130,4 @@ def test_metadata_hosts_are_recognised_in_every_spelling(host, blocked):
 def test_addon_file_loads_with_mitmdump_s(name):
     with taddons.context() as tctx:
         script = tctx.script(str(ROOT / "addons" / f"{name}.py"))
-        assert script is not None
+        assert script.addons  # each file ends in `addons = [X(), ...]`
