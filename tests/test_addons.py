@@ -9,7 +9,7 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
-from addons import google_auth, policy, resolve
+from addons import google_auth, metadata, resolve
 from addons.token_cache import TokenCache
 from tests.test_token_cache import FakeClock, FakeCredentials
 
@@ -123,7 +123,7 @@ def test_no_token_for_token_endpoint():
     ],
 )
 def test_metadata_hosts_are_recognised_in_every_spelling(host, blocked):
-    assert policy.is_metadata_host(host) is blocked
+    assert metadata.is_metadata_host(host) is blocked
 
 
 @pytest.mark.parametrize("name", ["google_auth", "policy", "resolve", "proxy_auth", "audit_log"])

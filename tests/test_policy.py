@@ -9,7 +9,8 @@ from mitmproxy import exceptions
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
-from addons.policy import MetadataGuard, Policy, is_metadata_host, pin_address
+from addons.metadata import is_metadata_host, pin_address
+from addons.policy import MetadataGuard, Policy
 
 
 @pytest.mark.parametrize("host", [

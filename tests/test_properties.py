@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from addons import hosts, redact
-from addons.policy import is_metadata_host
+from addons.metadata import is_metadata_host
 from addons.resolve import parse_resolve_rule, resolve
 from proxy import cli
 from proxy import settings as settings_mod
