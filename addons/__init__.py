@@ -20,9 +20,10 @@ def default_addons() -> list[Any]:
     from addons.audit_log import AuditLog
     from addons.google_auth import GoogleAuth
     from addons.limits import Limits
+    from addons.metadata_guard import MetadataGuard
     from addons.metrics import Metrics
     from addons.placeholder import PlaceholderAuth
-    from addons.policy import MetadataGuard, Policy
+    from addons.policy import Policy
     from addons.proxy_auth import ProxyAuth
     from addons.resolve import Resolve
 

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy import server_hooks
 
 from addons import hosts
 from addons.errors import error_response
-from addons.metadata import Resolver, is_metadata_host, pin_address, system_resolver
+from addons.metadata import is_metadata_host
+from addons.metadata_guard import MetadataGuard
 
 logger = logging.getLogger(__name__)
 
@@ -76,28 +76,6 @@ class Policy:
         flow.metadata.setdefault("gauth", {})["auth"] = "denied"
         flow.response = error_response(403, reason, "forbiddenByProxyPolicy")
         return True
-
-
-class MetadataGuard:
-    """Checks the address a connection is about to go to, after every address override.
-
-    Listed after Resolve in ``default_addons()``; shares ``policy_allow_metadata`` with Policy.
-    """
-
-    def __init__(self, resolver: Resolver = system_resolver) -> None:
-        self.resolver = resolver
-
-    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        server = data.server
-        if server.address is None or server.error or ctx.options.policy_allow_metadata:
-            return
-        host, port = server.address[0], server.address[1]
-        pinned = await pin_address(host, port, self.resolver)
-        if pinned is None:
-            logger.warning("refused a connection to %s: it is the metadata server or link-local", host)
-            server.error = f"gcp-auth-proxy refuses to connect to {host}: the metadata server is not reachable through it"
-        elif pinned != host:
-            server.address = (pinned, port)
 
 
 addons = [Policy(), MetadataGuard()]

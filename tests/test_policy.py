@@ -10,7 +10,8 @@ from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
 from addons.metadata import is_metadata_host, pin_address
-from addons.policy import MetadataGuard, Policy
+from addons.metadata_guard import MetadataGuard
+from addons.policy import Policy
 
 
 @pytest.mark.parametrize("host", [
