@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap
 	./scripts/bootstrap
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/gcp-auth-proxy demo
+	$(PY) -m fakegoogle.demo
 
 test: $(VENV)/.installed lint
 	$(PY) -m pytest -q

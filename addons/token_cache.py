@@ -59,11 +59,37 @@ class Token:
 
 
 class TokenError(Exception):
-    """No token could be obtained. ``str()`` is safe to show to clients; ``reason`` is a short code."""
+    """No token could be obtained. ``str()`` is safe to show to clients; ``reason`` is a short code.
 
-    def __init__(self, message: str, reason: str) -> None:
+    ``cause_type`` and ``cause_message`` (redacted) describe the google-auth exception behind it,
+    when there was one; the exception itself is not kept.
+    """
+
+    def __init__(
+        self, message: str, reason: str, *, cause_type: str | None = None, cause_message: str | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The last failed fetch, kept as data rather than as the exception object.
+
+    A stored exception re-raised for every request in the backoff window gains two traceback
+    entries per raise and keeps each caller's frame (and its flow) alive; ``error()`` makes a new
+    one instead. ``message`` is already redacted; the original exception is not kept.
+    """
+
+    message: str
+    reason: str
+    cause_type: str | None = None
+    cause_message: str | None = None
+
+    def error(self) -> TokenError:
+        return TokenError(self.message, self.reason, cause_type=self.cause_type, cause_message=self.cause_message)
 
 
 class TokenCache:
@@ -93,7 +119,7 @@ class TokenCache:
         self._lock = threading.Lock()
         self._credentials: Credentials | None = None
         self._token: Token | None = None
-        self._error: TokenError | None = None
+        self._failure: Failure | None = None
         self._failures = 0
         self._retry_at = 0.0
         self._last_fetch_at: float | None = None
@@ -120,15 +146,28 @@ class TokenCache:
         return token.refresh_at is not None and self._clock() >= token.refresh_at
 
     def in_backoff(self) -> bool:
-        return self._error is not None and self._clock() < self._retry_at
+        return self._failure is not None and self._clock() < self._retry_at
 
     def retry_in(self) -> float:
         """Seconds until the next fetch may be tried (0 when not backing off)."""
-        return max(0.0, self._retry_at - self._clock()) if self._error is not None else 0.0
+        return max(0.0, self._retry_at - self._clock()) if self._failure is not None else 0.0
+
+    def failure(self) -> TokenError:
+        """A new TokenError describing the last failed fetch, to raise in the caller's own frame.
+
+        When no failure is on record (another thread may have just refreshed), the error says
+        no token is available rather than returning None, so ``raise cache.failure()`` is safe.
+        """
+        failure = self._failure  # read once: a concurrent success may clear it
+        if failure is None:
+            return TokenError("No access token is available yet.", "token_unavailable")
+        return failure.error()
 
     @property
     def last_error(self) -> TokenError | None:
-        return self._error
+        """Deprecated: use ``failure()``. A new TokenError for the last failure, or None."""
+        failure = self._failure
+        return None if failure is None else failure.error()
 
     @property
     def credentials(self) -> Credentials | None:
@@ -152,16 +191,15 @@ class TokenCache:
             if self.in_backoff():
                 if token is not None:
                     return token  # keep serving the still-valid token
-                assert self._error is not None
-                raise self._error
+                raise self.failure()
             self._respect_rate_ceiling()
             try:
                 new = self._fetch()
             except TokenError as e:
-                self._record_failure(e)
+                self._record_failure(Failure(str(e), e.reason, e.cause_type, e.cause_message))
                 if token is not None:
                     return token
-                raise
+                raise  # this call's own exception; only the Failure data outlives it
             self._record_success(new)
             return new
 
@@ -170,7 +208,7 @@ class TokenCache:
         with self._lock:
             if self._token is not None and self._token.value == value:
                 self._token = None
-                self._error = None
+                self._failure = None
                 self._retry_at = 0.0
 
     # -- internals ----------------------------------------------------------------------------------
@@ -211,19 +249,19 @@ class TokenCache:
         return Token(value, headers, expires_at, now, refresh_at)
 
     def _record_success(self, token: Token) -> None:
-        recovered = self._error is not None
+        recovered = self._failure is not None
         first = self._token is None and self.fetches == 0
         self._token = token
-        self._error = None
+        self._failure = None
         self._failures = 0
         self._retry_at = 0.0
         self.fetches += 1
         if first or recovered:
             self._notify("token available" + (" again" if recovered else ""))
 
-    def _record_failure(self, error: TokenError) -> None:
-        changed = self._error is None or str(self._error) != str(error)
-        self._error = error
+    def _record_failure(self, failure: Failure) -> None:
+        changed = self._failure is None or self._failure.message != failure.message
+        self._failure = failure
         self._failures += 1
         self.fetch_failures += 1
         delay = min(self._backoff_max, self._backoff_base * 2 ** (self._failures - 1))
@@ -234,7 +272,7 @@ class TokenCache:
             delay = max(delay, float(retry_after()))
         self._retry_at = self._clock() + delay
         if changed:
-            self._notify(f"token unavailable: {error}")
+            self._notify(f"token unavailable: {failure.message}")
 
     def _notify(self, message: str) -> None:
         if self.on_change is not None:
@@ -253,40 +291,46 @@ def _epoch(expiry: datetime.datetime | None) -> float | None:
 def describe_error(error: BaseException) -> TokenError:
     """Turn a google-auth failure into one actionable sentence without secrets."""
     detail = redact.redact_text(" ".join(str(a) for a in getattr(error, "args", ()) if a))[:300]
+    message, reason = _classify(error, detail)
+    return TokenError(message, reason, cause_type=type(error).__name__, cause_message=detail)
+
+
+def _classify(error: BaseException, detail: str) -> tuple[str, str]:
+    """(message, reason) for a google-auth failure whose redacted text is ``detail``."""
     text = detail.lower()
     if isinstance(error, gexc.DefaultCredentialsError):
         if "not found" in text or "could not automatically determine" in text:
             if "file" in text and "was not found" in text:
-                return TokenError(
+                return (
                     f"The credentials file named by GOOGLE_APPLICATION_CREDENTIALS does not exist ({detail}).",
                     "credentials_file_missing",
                 )
-            return TokenError(
-                "No Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a key file, run "
-                "'gcloud auth application-default login', or run on a VM with a service account.",
+            return (
+                ("No Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a key file, run "
+                 "'gcloud auth application-default login', or run on a VM with a service account."),
                 "no_credentials",
             )
-        return TokenError(f"The credentials file could not be used: {detail}", "credentials_file_invalid")
+        return f"The credentials file could not be used: {detail}", "credentials_file_invalid"
     if isinstance(error, OSError):
-        return TokenError(f"The credentials file could not be read: {detail}", "credentials_file_unreadable")
+        return f"The credentials file could not be read: {detail}", "credentials_file_unreadable"
     if isinstance(error, gexc.GoogleAuthError) and "rate limited" in text:
-        return TokenError(f"The token source is rate limiting gcp-auth-proxy: {detail}", "token_rate_limited")
+        return f"The token source is rate limiting gcp-auth-proxy: {detail}", "token_rate_limited"
     if isinstance(error, gexc.RefreshError):
         if "invalid_grant" in text:
-            return TokenError(
-                "The token endpoint rejected the credentials (invalid_grant): the key or refresh token "
-                "may be deleted, revoked or expired; create a new key or run "
-                "'gcloud auth application-default login' again.",
+            return (
+                ("The token endpoint rejected the credentials (invalid_grant): the key or refresh token "
+                 "may be deleted, revoked or expired; create a new key or run "
+                 "'gcloud auth application-default login' again."),
                 "invalid_grant",
             )
         if "metadata" in text or "compute engine" in text:
-            return TokenError(f"The GCE metadata server did not give a token: {detail}", "metadata_failed")
-        return TokenError(f"The token endpoint refused to give a token: {detail}", "token_endpoint_failed")
+            return f"The GCE metadata server did not give a token: {detail}", "metadata_failed"
+        return f"The token endpoint refused to give a token: {detail}", "token_endpoint_failed"
     if isinstance(error, gexc.TransportError):
         if "metadata" in text or "169.254.169.254" in text:
-            return TokenError(f"The GCE metadata server could not be reached: {detail}", "metadata_unreachable")
-        return TokenError(f"The token endpoint could not be reached: {detail}", "token_endpoint_unreachable")
-    return TokenError(f"Getting a token failed ({type(error).__name__}): {detail}", "token_failed")
+            return f"The GCE metadata server could not be reached: {detail}", "metadata_unreachable"
+        return f"The token endpoint could not be reached: {detail}", "token_endpoint_unreachable"
+    return f"Getting a token failed ({type(error).__name__}): {detail}", "token_failed"
 
 
 def credential_type(creds: object) -> str:

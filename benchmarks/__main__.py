@@ -1,14 +1,15 @@
 """``python -m benchmarks``: gcp-auth-proxy vs direct vs plain mitmdump, on loopback, one session.
 
-Prints the markdown table on stdout (progress on stderr), writes the raw figures as JSON
-(benchmarks/results/latest.json) and, for full runs, the table into docs/benchmarks.md.
+Prints the markdown table on stdout (progress on stderr) and writes the raw figures as JSON and
+the table as markdown beside it (benchmarks/results/latest.json and latest.md, ignored by git).
+Nothing tracked is written: docs/benchmarks.md quotes a run by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import re
 import shlex
 import sys
 import tempfile
@@ -21,8 +22,6 @@ from benchmarks.procs import ROOT
 from benchmarks.session import MODES, SMALL_PATH, Config, Session
 
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "latest.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="small,newconn,large,token,run",
                    help="which parts to run (default all: small,newconn,large,token,run)")
     p.add_argument("--proxy-python-flags", default="", help="interpreter flags for gcp-auth-proxy, e.g. -O")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
-    p.add_argument("--docs", choices=("auto", "yes", "no"), default="auto",
-                   help="write the table into docs/benchmarks.md (auto: full runs of the default modes only)")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                   help="JSON results file; the markdown table goes beside it with a .md suffix "
+                        "(default benchmarks/results/latest.json)")
     p.add_argument("--workdir", type=Path, help="keep processes' logs here (default: a temporary directory)")
     return p
 
@@ -67,17 +66,6 @@ def config_from(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def write_docs(table: str) -> None:
-    block = f"{START}\n{table}{END}"
-    text = DOCS.read_text() if DOCS.exists() else f"# Benchmarks\n\n## Latest run\n\n{START}\n{END}\n"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.DOTALL)
-    else:
-        text += f"\n## Latest run\n\n{block}\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from(args)
@@ -87,6 +75,7 @@ def main(argv: list[str]) -> int:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         results: dict = {"machine": report.machine(), "config": asdict(cfg), "small_path": SMALL_PATH,
+                         "started_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                          "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in argv)}
         session = Session(cfg, workdir)
         try:
@@ -112,12 +101,9 @@ def main(argv: list[str]) -> int:
     print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print(f"JSON: {args.output}", file=sys.stderr)
-    full = not args.quick and args.modes == build_parser().get_default("modes") and parts == {
-        "small", "newconn", "large", "token", "run"}
-    if args.docs == "yes" or (args.docs == "auto" and full):
-        write_docs(table)
-        print(f"table written to {DOCS}", file=sys.stderr)
+    table_file = args.output.with_suffix(".md")
+    table_file.write_text(table)
+    print(f"JSON: {args.output}; table: {table_file}", file=sys.stderr)
     return 0
 
 

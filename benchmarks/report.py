@@ -161,12 +161,13 @@ def targets(summary: dict[str, Any], results: dict[str, Any]) -> list[dict[str, 
 def markdown(results: dict[str, Any], summary: dict[str, Any]) -> str:
     m = results["machine"]
     cfg = results["config"]
+    started = f", {results['started_at']}" if results.get("started_at") else ""
     lines = [
         (f"Machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, mitmproxy {m['mitmproxy']}, "
          f"Linux {m['kernel']}; load average at start {m['loadavg_1m_at_start']:.2f}. "
          "Load generator, fake Google and proxy on the same box (loopback)."),
-        (f"Command: `{results['command'].strip()}` — {cfg['rounds']} alternating rounds of {cfg['duration']} s "
-         f"(medians), small request `GET {results['small_path']}`."),
+        (f"Command: `{results['command'].strip()}`{started} — {cfg['rounds']} alternating rounds of "
+         f"{cfg['duration']} s (medians), small request `GET {results['small_path']}`."),
         "",
         "| mode | conns | req/s | p50 ms | p99 ms | proxy CPU s / 1k req | origin CPU s / 1k req |",
         "|---|---:|---:|---:|---:|---:|---:|",

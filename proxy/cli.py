@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
+import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from proxy import runcmd
+from proxy import runcmd, wrap
 from proxy import settings as settings_mod
 from proxy.errors import ExitStatus, ProxyError
 
 logger = logging.getLogger(__name__)
+
+# The demo ships with the fake Google, not with the proxy: it runs as its own program and drives
+# `python -m proxy` the way a user would, so nothing in proxy/ imports the fake.
+DEMO_MODULE = "fakegoogle.demo"
+DEMO_NEEDS = ("fakegoogle", "hypercorn", "trustme", "google_crc32c", "google.cloud.storage")
+DEMO_CLEANUP_TIMEOUT = 30.0
 
 
 def _serve_options() -> argparse.ArgumentParser:
@@ -115,10 +123,36 @@ def cmd_ca(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from proxy import demo
+def _missing_modules(names: Sequence[str]) -> list[str]:
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None  # imports parent packages only
+        except ModuleNotFoundError:  # a parent package is missing
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
-    return demo.main(keep=args.keep)
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    missing = _missing_modules(DEMO_NEEDS)
+    if missing:
+        raise ProxyError(
+            f"the demo needs the fake Google and its clients ({', '.join(missing)} missing): "
+            "pip install 'gcp-auth-proxy[test]', or run `make demo` from a checkout", ExitStatus.UNAVAILABLE,
+        )
+    proc = subprocess.Popen([sys.executable, "-m", DEMO_MODULE, *(["--keep"] if args.keep else [])])
+    try:
+        return wrap.exit_status(proc.wait())
+    except KeyboardInterrupt:
+        # Ctrl-C reached the demo too (same process group): let it stop its servers and clean up.
+        try:
+            return wrap.exit_status(proc.wait(timeout=DEMO_CLEANUP_TIMEOUT))
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+            return 130
 
 
 COMMANDS: dict[str, Any] = {"serve": cmd_serve, "ca": cmd_ca, "demo": cmd_demo,
@@ -139,9 +173,3 @@ def main(argv: Sequence[str]) -> int:
         return int(e.status)
     except KeyboardInterrupt:
         return 130
-
-
-def console_main() -> None:
-    from proxy.launch import console_main as launch
-
-    launch()

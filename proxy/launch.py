@@ -7,8 +7,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-# Commands that run the proxy (the others gain nothing from -O).
-_PROXY_COMMANDS = frozenset({"serve", "run", "demo"})
+# Commands that run the proxy in this process (the others gain nothing from -O; `demo` starts
+# its proxies as `python -m proxy serve/run`, which re-execute themselves).
+_PROXY_COMMANDS = frozenset({"serve", "run"})
 
 
 def optimized_bytecode_usable() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,12 @@ def test_port_in_use_is_one_sentence_and_exit_69(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert code == ExitStatus.UNAVAILABLE, err
     assert "cannot start the proxy" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("absent", ["fakegoogle", "trustme", "google.cloud.storage"])
+def test_demo_without_the_fake_or_its_extras_is_one_sentence_and_exit_69(absent, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, absent, None)  # how Python marks a module as not importable
+    code = cli.main(["demo"])
+    err = capsys.readouterr().err
+    assert code == ExitStatus.UNAVAILABLE == 69
+    assert err.count("\n") == 1 and f"({absent} missing)" in err and "pip install" in err

@@ -1,7 +1,10 @@
 """TokenCache against a fake credential and a fake clock: lifetimes, single-flight, backoff."""
 
 import datetime
+import gc
 import threading
+import weakref
+from types import TracebackType
 
 import pytest
 from google.auth import exceptions as gexc
@@ -41,7 +44,7 @@ class FakeCredentials:
         if self.gate is not None:
             self.gate.wait(5)
         if self.fail_with is not None:
-            raise self.fail_with
+            raise type(self.fail_with)(*self.fail_with.args)  # a new one each time, as google-auth does
         self.refreshes += 1
         self.token = f"ya29.fake-{self.refreshes}"
         expiry = datetime.datetime.fromtimestamp(self.clock() + self.lifetime, datetime.UTC)
@@ -227,3 +230,73 @@ def test_token_repr_and_errors_never_show_the_token():
 )
 def test_errors_are_classified_into_actionable_reasons(error, reason):
     assert describe_error(error).reason == reason
+
+
+class _Local:
+    """Something a request handler holds while it asks for a token (a flow, in the addon)."""
+
+
+def _depth(tb: TracebackType | None) -> int:
+    depth = 0
+    while tb is not None:
+        depth += 1
+        tb = tb.tb_next
+    return depth
+
+
+def _get_from_handler(cache: TokenCache, held: list[weakref.ref[_Local]]) -> None:
+    local = _Local()
+    held.append(weakref.ref(local))
+    cache.get()
+
+
+def _raise_failure_from_handler(cache: TokenCache, held: list[weakref.ref[_Local]]) -> None:
+    local = _Local()
+    held.append(weakref.ref(local))
+    if cache.in_backoff():  # what the addon does before it waits for a refresh
+        raise cache.failure()
+
+
+@pytest.mark.parametrize("handler", [_get_from_handler, _raise_failure_from_handler])
+def test_repeated_failures_do_not_grow_tracebacks_or_keep_callers_alive(handler):
+    clock = FakeClock()
+    creds = FakeCredentials(clock)
+    creds.fail_with = gexc.TransportError("connection refused")
+    cache = make_cache(creds, clock, backoff_base=60.0, min_fetch_interval=0.0)
+    with pytest.raises(TokenError) as first:
+        cache.get()  # the one real fetch; the clock stands still, so the rest are in backoff
+    expected = (str(first.value), first.value.reason, first.value.cause_type)
+    del first
+    held: list[weakref.ref[_Local]] = []
+    depths = []
+    for _ in range(1000):
+        try:
+            handler(cache, held)
+        except TokenError as e:
+            assert (str(e), e.reason, e.cause_type) == expected
+            depths.append(_depth(e.__traceback__))
+    assert len(depths) == 1000 and set(depths) == {depths[0]}
+    assert creds.refreshes == 0 and cache.fetch_failures == 1
+    gc.collect()
+    assert [ref for ref in held if ref() is not None] == []
+
+
+def test_failure_is_a_new_error_each_time_and_last_error_follows_it():
+    clock = FakeClock()
+    creds = FakeCredentials(clock)
+    creds.fail_with = gexc.RefreshError("invalid_grant: Invalid JWT Signature.")
+    cache = make_cache(creds, clock, min_fetch_interval=0.0)
+    assert cache.last_error is None
+    with pytest.raises(TokenError) as info:
+        cache.get()
+    one, two = cache.failure(), cache.failure()
+    assert one is not two and one is not info.value and cache.last_error is not cache.last_error
+    for err in (one, two, cache.last_error):
+        assert (str(err), err.reason) == (str(info.value), "invalid_grant")
+        assert (err.cause_type, err.cause_message) == ("RefreshError", "invalid_grant: Invalid JWT Signature.")
+        assert err.__traceback__ is None and err.__context__ is None
+    creds.fail_with = None
+    clock.now = cache._retry_at
+    cache.get()
+    assert cache.last_error is None
+    assert cache.failure().reason == "token_unavailable"  # a concurrent success cleared it: still raisable

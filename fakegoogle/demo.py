@@ -1,11 +1,14 @@
-"""``gcp-auth-proxy demo``: real clients through the real proxy, offline, against a local fake Google.
+"""``python -m fakegoogle.demo`` (what ``gcp-auth-proxy demo`` runs): real clients through the real
+proxy, offline, against this local fake Google.
 
 Shows each request, its status and that a real token was injected (as a fingerprint only), and
-under ``run`` the placeholder the child held instead. Never prints a token.
+under ``run`` the placeholder the child held instead. Never prints a token. The proxy runs as its
+own process (``python -m proxy``), as a user would run it; the proxy never imports this package.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -19,9 +22,11 @@ from pathlib import Path
 
 from addons.redact import fingerprint
 from proxy import trust
-from proxy.errors import ProxyError
+
+from .fake import FakeGoogle
 
 STEP_TIMEOUT = 60
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE, as the CLI reports a demo it cannot run
 OBJECT_URL = "https://storage.googleapis.com/storage/v1/b/demo-bucket/o/hello.txt?alt=media"
 # Machine-wide CA and proxy settings would hide what the proxy does; every client starts clean.
 _CLEARED = (
@@ -62,19 +67,19 @@ class DemoFailure(Exception):
 @dataclass
 class Demo:
     workdir: Path
-    fake: object
+    fake: FakeGoogle
     sa_key: Path
     confdir: Path
     outputs: list[str]
     say: Callable[[str], None]
 
     def proxy_options(self) -> list[str]:
-        g_host, g_port = self.fake.googleapis_addr  # type: ignore[attr-defined]
-        o_host, o_port = self.fake.other_addr  # type: ignore[attr-defined]
+        g_host, g_port = self.fake.googleapis_addr
+        o_host, o_port = self.fake.other_addr
         return ["--confdir", str(self.confdir),
                 "--resolve", f"*.googleapis.com={g_host}:{g_port}",
                 "--resolve", f"*.example.test={o_host}:{o_port}",
-                "--upstream-ca", str(self.fake.google_ca_pem)]  # type: ignore[attr-defined]
+                "--upstream-ca", str(self.fake.google_ca_pem)]
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
@@ -189,17 +194,14 @@ def _check_no_token_shown(demo: Demo, tokens: list[str]) -> None:
         raise DemoFailure("a real token appeared in a client's or the proxy's output.")
 
 
-def main(keep: bool = False) -> int:
+def run_demo(keep: bool = False) -> int:
     """Run the demo; 0 on success, 1 with one sentence on stderr when a step failed."""
     try:
         from google.cloud import storage  # noqa: F401 - the demo's own client
-
-        from fakegoogle import FakeGoogle
     except ImportError as e:
-        raise ProxyError(
-            f"the demo needs the fake Google and its clients ({e.name} is missing): "
-            "pip install 'gcp-auth-proxy[test]', or run `make demo` from a checkout"
-        ) from None
+        print(f"gcp-auth-proxy demo: the demo needs the fake Google and its clients ({e.name} is missing): "
+              "pip install 'gcp-auth-proxy[test]', or run `make demo` from a checkout", file=sys.stderr)
+        return EXIT_UNAVAILABLE
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -234,3 +236,19 @@ def main(keep: bool = False) -> int:
             print(f"kept {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fakegoogle.demo",
+        description="gcp-auth-proxy's demo: real clients through the real proxy against a local fake Google.")
+    parser.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
+    args = parser.parse_args(argv)
+    try:
+        return run_demo(keep=args.keep)
+    except KeyboardInterrupt:  # the clean-up above has run; no traceback for a Ctrl-C
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
