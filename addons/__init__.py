@@ -8,8 +8,9 @@ from typing import Any
 def default_addons() -> list[Any]:
     """Our addons in the order they must run.
 
-    Order is behaviour: connection limits first (they count every connection), proxy auth next
-    (strangers get nothing), then policy (a denied request never gets a token), then the address
+    Order is behaviour: Destinations first (it refuses TLS to the proxy port and labels every
+    request with where it really goes; every later concern decides on that), connection limits
+    next (they count every connection), proxy auth next (strangers get nothing), then policy (a denied request never gets a token), then the address
     override, then the metadata guard (it checks the final address), then placeholder stripping (a `run` child's
     placeholder token is removed before GoogleAuth decides whether the request brings its own
     Authorization), then token injection, and the audit log last so it sees what happened
@@ -18,6 +19,7 @@ def default_addons() -> list[Any]:
     """
     from addons.admin import Admin
     from addons.audit_log import AuditLog
+    from addons.destination import Destinations
     from addons.google_auth import GoogleAuth
     from addons.limits import Limits
     from addons.metadata_guard import MetadataGuard
@@ -27,5 +29,5 @@ def default_addons() -> list[Any]:
     from addons.proxy_auth import ProxyAuth
     from addons.resolve import Resolve
 
-    return [Limits(), ProxyAuth(), Policy(), Resolve(), MetadataGuard(), PlaceholderAuth(), GoogleAuth(),
-            AuditLog(), Metrics(), Admin()]
+    return [Destinations(), Limits(), ProxyAuth(), Policy(), Resolve(), MetadataGuard(),
+            PlaceholderAuth(), GoogleAuth(), AuditLog(), Metrics(), Admin()]

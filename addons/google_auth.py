@@ -14,7 +14,9 @@ import google.auth
 from mitmproxy import ctx, exceptions, http
 
 from addons import hosts, redact, token_transport
+from addons.destination import Destinations, destination_of
 from addons.errors import error_response
+from addons.replay import REPLAY_MAX_BODY, ReplayTarget, TooLarge, replay, replay_headers
 from addons.resolve import parse_resolve_rules
 from addons.token_cache import Token, TokenCache, TokenError, credential_type, principal
 
@@ -32,11 +34,6 @@ _TOKEN_ENDPOINTS = (
     ("www.googleapis.com", "/oauth2/"),
     ("iamcredentials.googleapis.com", "/v1/projects/-/serviceAccounts/"),
 )
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
-)
-
-
 def is_token_endpoint(host: str, path: str) -> bool:
     """Google's own token services: oauth2, sts, and iamcredentials generateAccessToken/IdToken."""
     host = hosts.normalize_host(host)
@@ -48,17 +45,6 @@ def is_token_endpoint(host: str, path: str) -> bool:
     return False
 
 
-def requested_host(flow: http.HTTPFlow) -> str | None:
-    """The name the client asked for: the TLS server name for TLS, the request authority for plain HTTP.
-
-    Not the Host header (a client can put anything there) and not ``request.host`` on TLS flows
-    (an upstream address override rewrites it).
-    """
-    if flow.client_conn.tls:
-        return flow.client_conn.sni
-    return flow.request.host or None
-
-
 class GoogleAuth:
     def __init__(self) -> None:
         self.patterns: list[hosts.HostPattern] = []
@@ -67,6 +53,7 @@ class GoogleAuth:
         self._inflight: asyncio.Future[Token] | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._transport: Any = None
+        self._warned: set[str] = set()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -111,6 +98,11 @@ class GoogleAuth:
         self.cache = TokenCache(load_credentials, self._transport)
         self.cache.on_change = self._log_state
         self._inflight = None
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            logger.warning("%s", message)
 
     def _log_state(self, message: str) -> None:
         assert self.cache is not None
@@ -158,8 +150,8 @@ class GoogleAuth:
             if self.cache.refresh_due() and not self.cache.in_backoff():
                 self._start_refresh()
             return token
-        if self.cache.in_backoff() and self.cache.last_error is not None:
-            raise self.cache.last_error
+        if self.cache.in_backoff():
+            raise self.cache.failure()  # a fresh exception each time: no traceback grows
         return await asyncio.shield(self._start_refresh())
 
     # -- hooks ---------------------------------------------------------------------------------------
@@ -167,21 +159,36 @@ class GoogleAuth:
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
-        host = requested_host(flow)
+        destination = destination_of(flow)
+        if destination is None:
+            self._warn_once("no token: addons/destination.py is not loaded, so no request's destination is known")
+            return
+        host = destination.host
         if not hosts.matches_any(host, self.patterns):
             return
-        assert host is not None
         meta = flow.metadata.setdefault("gauth", {})
-        meta["host"] = hosts.normalize_host(host)
-        if not flow.client_conn.tls:
-            # Plain http:// to an injected host: go upstream over TLS so the token never
-            # crosses plaintext (the client's leg carries no token).
+        meta["host"] = host
+        if not destination.tokenable:
+            # An injected name on a path a token may not take (host confusion, TLS to the proxy
+            # port): refuse rather than forward, so nothing reaches a front end that routes by name.
+            meta["auth"] = "denied"
+            meta["error"] = f"misdirected request: {destination.reason}"
+            logger.warning("refused a misdirected request for %s: %s", host, destination.reason)
+            flow.response = error_response(
+                421, f"gcp-auth-proxy adds credentials only when the request, its TLS server name and "
+                f"its CONNECT target all name the same host: {destination.reason}.", "misdirectedRequest",
+            )
+            return
+        if ctx.options.ssl_insecure:
+            meta["auth"] = "none"
+            self._warn_once("no token: upstream certificate checks are off (ssl_insecure)")
+            return
+        if destination.plain:
+            # Plain http:// to an injected host: go upstream over TLS to the same name so the token
+            # never crosses plaintext (the client's leg carries no token).
             flow.request.scheme = "https"
             flow.request.port = 443
             meta["upgraded"] = True
-        if flow.request.scheme != "https":
-            meta["auth"] = "none"
-            return
         if is_token_endpoint(host, flow.request.path):
             meta["auth"] = "none"
             return
@@ -227,6 +234,8 @@ class GoogleAuth:
         assert self.cache is not None
         meta = flow.metadata["gauth"]
         meta["retried"] = True
+        # Only the token we injected, and only while it is the current one: a 401 cannot make
+        # the cache drop a token it has already replaced.
         self.cache.invalidate(flow.request.headers.get("authorization", "").removeprefix("Bearer ").strip())
         try:
             token = await self.token()
@@ -234,49 +243,54 @@ class GoogleAuth:
             logger.warning("upstream rejected the token and no new one could be had: %s", e)
             return
         meta["token_id"] = token.fingerprint
+        target = self._replay_target(flow)
+        if target is None:
+            return
+        options = ctx.options
         try:
-            flow.response = await asyncio.to_thread(self._replay, flow, token)
+            answer = await asyncio.to_thread(
+                replay, target, flow.request.method, flow.request.path,
+                replay_headers(flow.request.headers.items(multi=True), token.headers, target),
+                flow.request.raw_content or b"",
+                ca_bundle=options.ssl_verify_upstream_trusted_ca or None,
+                connect_timeout=_option(options, "limits_connect_timeout", 10.0),
+                read_timeout=_option(options, "limits_read_timeout", 120.0),
+            )
+        except TooLarge:
+            logger.warning("retry after 401 not buffered (answer too large); the client gets the 401")
+            return
         except Exception as e:  # noqa: BLE001 - any failure: the original 401 still goes to the client
             logger.warning("retry after 401 failed: %s", redact.redact_text(str(e), [token.value]))
+            return
+        resp = http.Response.make(answer.status, answer.body, answer.headers)
+        resp.http_version = flow.request.http_version
+        resp.headers["content-length"] = str(len(answer.body))
+        flow.response = resp
 
     def _may_retry(self, flow: http.HTTPFlow) -> bool:
         meta = flow.metadata.get("gauth", {})
+        body = flow.request.raw_content
         return (
             meta.get("auth") == "injected"
             and not meta.get("retried")
             and not flow.request.stream
-            and flow.request.raw_content is not None
+            and body is not None
+            and len(body) <= REPLAY_MAX_BODY
         )
 
-    def _replay(self, flow: http.HTTPFlow, token: Token) -> http.Response:
-        """Send the request once more with a fresh token, through our own transport."""
-        req = flow.request
-        host = flow.metadata["gauth"]["host"]
-        headers = {k: v for k, v in req.headers.items(multi=False) if k.lower() not in _HOP_BY_HOP}
-        headers.pop("host", None)
-        headers.pop(":authority", None)
-        headers.update(token.headers)
-        headers["host"] = req.host_header or host
-        url = f"https://{host}:{req.port}{req.path}"
-        session = self._transport.session
-        upstream = session.request(
-            req.method, url, headers=headers, data=req.raw_content, allow_redirects=False,
-            stream=True, timeout=(10, 120),
-        )
-        try:
-            body = upstream.raw.read(decode_content=False)
-        finally:
-            upstream.close()
-        out_headers = [
-            (k.encode(), v.encode("latin-1", "replace"))
-            for k, v in upstream.raw.headers.items()
-            if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length"
-        ]
-        resp = http.Response.make(upstream.status_code, b"", out_headers)
-        resp.http_version = req.http_version
-        resp.raw_content = body
-        resp.headers["content-length"] = str(len(body))
-        return resp
+    @staticmethod
+    def _replay_target(flow: http.HTTPFlow) -> ReplayTarget | None:
+        """The validated destination and the exact peer the first attempt reached, or None."""
+        destination = destination_of(flow)
+        peer = flow.server_conn.peername
+        if destination is None or not destination.tokenable or peer is None or not flow.server_conn.tls:
+            return None
+        port = 443 if destination.plain else destination.port  # plain http:// went upstream over TLS
+        return ReplayTarget(destination.host, port, (str(peer[0]), int(peer[1])))
+
+
+def _option(options: Any, name: str, default: float) -> float:
+    return float(getattr(options, name)) if name in options else default
 
 
 def _consume_exception(future: asyncio.Future[Token]) -> None:
@@ -284,4 +298,4 @@ def _consume_exception(future: asyncio.Future[Token]) -> None:
         future.exception()
 
 
-addons = [GoogleAuth()]
+addons = [Destinations(), GoogleAuth()]  # -s loads both: no token without a known destination

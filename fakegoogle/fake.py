@@ -110,6 +110,11 @@ class FakeGoogle:
     def token_lifetime(self, seconds: int) -> None:
         self._state.tokens.lifetime = int(seconds)
 
+    @property
+    def leaks(self) -> list[str]:
+        """Where a non-Google origin ever received a token this fake issued (never cleared)."""
+        return list(self._state.leaks)
+
     def revoke(self, token: str) -> None:
         self._state.tokens.revoke(token)
 

@@ -15,6 +15,9 @@ class OtherOriginApp(App):
         self.state = state
 
     async def respond(self, request: Request) -> Response:
+        for name, value in [("path", request.full_path), *request.headers.items()]:
+            if self.state.tokens.found_in(value):
+                self.state.leaks.append(name)
         token = bearer_token(request.headers.get("authorization"))
         token_valid = token is not None and self.state.tokens.is_valid(token)
         headers = dict(request.headers)

@@ -18,3 +18,5 @@ class SharedState:
     log: RequestLog = field(default_factory=RequestLog)
     storage: Storage = field(default_factory=Storage)
     stopping: threading.Event = field(default_factory=threading.Event)
+    # Where a non-Google origin received one of our tokens (header name or "path"); never cleared.
+    leaks: list[str] = field(default_factory=list)

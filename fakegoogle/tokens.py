@@ -54,6 +54,11 @@ class TokenStore:
         with self._lock:
             self._revoked.update(self._expiry)
 
+    def found_in(self, text: str) -> bool:
+        """Whether any token this fake issued (valid or not) appears in ``text``."""
+        with self._lock:
+            return any(token in text for token in self._order)
+
     @property
     def issued(self) -> list[str]:
         with self._lock:

@@ -35,7 +35,9 @@ def fake_google(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGoogle
     fake.start()
     yield fake
     fake.stop()
-    # Session-wide check: no token the fake ever issued appears in any proxy's output.
+    # Session-wide checks: no token reached a non-Google origin, in any header or URL ...
+    assert not fake.leaks, f"a non-Google origin received an issued token in: {sorted(set(fake.leaks))}"
+    # ... and no token the fake ever issued appears in any proxy's output.
     tokens = [t for t in fake.issued_tokens if t]
     for output in ALL_OUTPUTS:
         text = output.read_text(errors="replace") if output.exists() else ""

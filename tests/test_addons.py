@@ -9,7 +9,7 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
-from addons import google_auth, metadata, resolve
+from addons import destination, google_auth, metadata, resolve
 from addons.token_cache import TokenCache
 from tests.test_token_cache import FakeClock, FakeCredentials
 
@@ -25,13 +25,19 @@ def auth_with_fake_cache(tctx: taddons.context, addon: google_auth.GoogleAuth) -
     return creds
 
 
-def tls_flow(sni: str | None, host_header: str = "storage.googleapis.com"):
+def tls_flow(sni: str | None, host_header: str = "storage.googleapis.com", tunnel: str | None = None):
+    """A request inside a CONNECT tunnel to ``tunnel`` (default: the SNI), labelled by Destinations."""
     f = tflow.tflow()
     f.client_conn.tls = True
     f.client_conn.sni = sni
+    f.server_conn.sni = sni
     f.request.scheme = "https"
     f.request.host = "127.0.0.1"  # an address override rewrites request.host; it must not matter
+    f.request.port = 443
     f.request.headers["host"] = host_header
+    labeller = destination.Destinations()
+    labeller.tunnels[f.client_conn] = destination.Tunnel(tunnel or sni or "", 443)
+    labeller.requestheaders(f)
     return f
 
 
@@ -67,9 +73,10 @@ def test_no_token_when_sni_does_not_match_even_if_host_header_does(sni):
     addon = google_auth.GoogleAuth()
     with taddons.context(addon) as tctx:
         creds = auth_with_fake_cache(tctx, addon)
-        f = tls_flow(sni, host_header="storage.googleapis.com")
+        f = tls_flow(sni, host_header="storage.googleapis.com", tunnel="storage.googleapis.com")
         run(addon.requestheaders(f))
         assert "authorization" not in f.request.headers
+        assert f.response is not None and f.response.status_code == 421
         assert creds.refreshes == 0
 
 
@@ -108,7 +115,7 @@ def test_no_token_for_token_endpoint():
     addon = google_auth.GoogleAuth()
     with taddons.context(addon) as tctx:
         auth_with_fake_cache(tctx, addon)
-        f = tls_flow("oauth2.googleapis.com")
+        f = tls_flow("oauth2.googleapis.com", host_header="oauth2.googleapis.com")
         f.request.path = "/token"
         run(addon.requestheaders(f))
         assert "authorization" not in f.request.headers
