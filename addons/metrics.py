@@ -1,24 +1,49 @@
 """Prometheus metrics for the proxy, in a registry of our own (served by addons/admin.py).
 
-Counts what the audit log records (same hosts, same fields), plus token cache state and
-client connections. Labels stay low-cardinality: host, service, status, auth; never a path.
+Counts what the audit log records (same requests), plus token cache state and client connections.
+Every label value comes from a fixed, small set, never from what a client sent: a client that
+picks a fresh host per request (each 407 is counted) must not grow memory or /metrics. ``host``
+is the ``gauth_hosts`` pattern the host matched (``*.googleapis.com``) or ``other``; ``service``
+a service addons/google_api.py recognises or ``other``; ``status`` a code 100-599, ``error`` (no
+response) or ``other``; ``auth`` our own outcome words; never a path.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import connection, ctx, exceptions, http
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from addons import google_api, hosts
 from addons.audit_log import audit_record, count_request_stream, count_response_stream
 
 PREFIX = "gcp_auth_proxy"
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+OTHER = "other"
+# The services google_api.describe() has a parser for; it names any other *.googleapis.com label
+# too (whatever the client put before .googleapis.com), so only these become label values.
+SERVICES = frozenset({"storage", *google_api._BY_SERVICE})
+
+
+def host_label(host: str | None, patterns: Sequence[hosts.HostPattern]) -> str:
+    """The most specific injected-host pattern ``host`` matches, as text; else ``other``."""
+    return hosts.best_match(host, ((p, str(p)) for p in patterns)) or OTHER
+
+
+def service_label(service: str | None) -> str:
+    return service if service in SERVICES else OTHER
+
+
+def status_label(status: int | None) -> str:
+    """``error`` when there was no response; upstream may send any number, so only 100-599 pass."""
+    if status is None:
+        return "error"
+    return str(status) if 100 <= status <= 599 else OTHER
 
 
 class _TokenCollector(Collector):
@@ -70,6 +95,15 @@ class Metrics:
         )
         self.audit_ok.set_function(self._audit_writable)
         self.registry.register(_TokenCollector(self))
+        self.patterns: list[hosts.HostPattern] = []
+
+    def configure(self, updated: set[str]) -> None:
+        # gauth_hosts belongs to GoogleAuth; loaded alone (mitmdump -s) every host is "other".
+        if "gauth_hosts" in updated and "gauth_hosts" in ctx.options:
+            try:
+                self.patterns = [hosts.parse_host_pattern(p) for p in ctx.options.gauth_hosts]
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from e
 
     def token_cache(self) -> Any:
         gauth = ctx.master.addons.get("googleauth") if getattr(ctx, "master", None) else None
@@ -105,9 +139,9 @@ class Metrics:
         if "gauth" not in flow.metadata:
             return
         record = audit_record(flow)
-        service = record.get("service") or ""
-        status = str(record["status"]) if record["status"] is not None else "error"
-        self.requests.labels(record["host"], service, status, record["auth"]).inc()
+        service = service_label(record.get("service"))
+        status = status_label(record["status"])
+        self.requests.labels(host_label(record["host"], self.patterns), service, status, record["auth"]).inc()
         self.duration.labels(service).observe(record["duration_ms"] / 1000)
         for key, direction in (("request_bytes", "sent"), ("response_bytes", "received")):
             if record[key]:

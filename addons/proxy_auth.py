@@ -1,7 +1,32 @@
 """Proxy authentication (407) for listeners others can reach: USER:PASS or @htpasswd-file.
 
-Compared in constant time; bcrypt checks run off the event loop; repeated failures from one
-address are refused without checking; a 407 never says why.
+Compared in constant time; bcrypt checks run off the event loop; a 407 never says why. The
+``Proxy-Authorization`` header is removed from every request, whether proxy auth is on or off,
+inside CONNECT tunnels too: the proxy's password is never forwarded upstream.
+
+Online guessing is limited by the *supplied user name*, never by the client address (any local
+process can pick any address in 127.0.0.0/8, and everyone on 127.0.0.1 would share one lock):
+
+- A user name with ``MAX_USER_FAILURES`` failed attempts in the last ``FAILURE_WINDOW`` seconds
+  gets the bare 407 without its password being looked at, even a correct or already verified
+  one, until its failures age out. Unknown names are counted exactly like known ones, so the
+  lock reveals nothing about which names exist. One user's typos never lock out another name;
+  whoever knows a name can lock that name out for a window (its open tunnels keep working):
+  the price of capping guesses per password.
+- A global budget: after ``MAX_TOTAL_FAILURES`` failed password checks in the window (over all
+  names: spraying one password over many names, or burning bcrypt CPU), unverified attempts get
+  407 without a check. Credentials verified earlier (kept as keyed digests, ``MAX_VERIFIED``)
+  still pass, so a flood of bad guesses cannot lock out a user who already authenticated. A miss
+  in that cache while the budget is spent is still a guess against the name (a hit would have
+  said "right"), so it counts against the name, not against the global budget (which counts
+  password checks: refused attempts do not prolong the flood for new users).
+- Attempts without parseable Basic credentials are refused and not counted: nothing was checked.
+
+Memory is bounded: names are kept as keyed digests, each with at most ``MAX_USER_FAILURES`` time
+stamps, and forgotten once their failures age out. Failed checks are capped by the global budget,
+so the table only fills during a flood of cache misses under fresh names; a full table never
+evicts a live entry (that would hand a name fresh guesses): new names are then refused unchecked,
+except names holding a verified credential, which are always counted.
 """
 
 from __future__ import annotations
@@ -14,7 +39,7 @@ import hmac
 import secrets
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,12 +47,11 @@ from typing import Any, NamedTuple
 import bcrypt
 from mitmproxy import connection, ctx, exceptions, http
 
-# At most this many failed attempts per client address in FAILURE_WINDOW seconds; beyond it every
-# attempt gets 407 without its password being looked at (no online guessing, no bcrypt CPU burn).
-MAX_FAILURES = 10
+MAX_USER_FAILURES = 10  # per supplied user name per window
+MAX_TOTAL_FAILURES = 100  # failed password checks per window, all names together
 FAILURE_WINDOW = 60.0
-# Addresses tracked for rate limiting, and verified credentials remembered (as keyed digests):
-# both bounded so a flood of new addresses or passwords cannot grow memory.
+# User names tracked for the limit, and verified credentials remembered (as keyed digests):
+# both bounded so a flood of new names or passwords cannot grow memory.
 MAX_TRACKED = 10_000
 MAX_VERIFIED = 256
 # A bcrypt hash with nothing behind it: unknown users cost as much time as known ones.
@@ -133,39 +157,90 @@ def auth_required() -> http.Response:
 
 
 class FailureLimiter:
-    """Sliding-window count of failed attempts per address, bounded in the number of addresses."""
+    """Failed attempts in a sliding window: per user name (a digest) and in total.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, max_failures: int = MAX_FAILURES,
-                 window: float = FAILURE_WINDOW, max_tracked: int = MAX_TRACKED) -> None:
+    Checks still running count as failures until they end: otherwise a burst of concurrent
+    guesses would all pass :meth:`locked` before the first one failed. Pure bookkeeping with an
+    injectable clock; :class:`ProxyAuth` decides what counts.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_failures: int = MAX_USER_FAILURES,
+                 max_total: int = MAX_TOTAL_FAILURES, window: float = FAILURE_WINDOW,
+                 max_tracked: int = MAX_TRACKED) -> None:
         self._clock = clock
         self.max_failures = max_failures
+        self.max_total = max_total
         self.window = window
         self.max_tracked = max_tracked
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        # Least recently failed first, so aged-out names are dropped from the front.
+        self._names: OrderedDict[bytes, deque[float]] = OrderedDict()
+        self._total: deque[float] = deque(maxlen=max_total)
+        self._pending: Counter[bytes] = Counter()
 
-    def limited(self, address: str) -> bool:
-        times = self._failures.get(address)
-        if not times:
-            return False
+    def _expire(self) -> float:
         cutoff = self._clock() - self.window
-        while times and times[0] < cutoff:
-            times.popleft()
-        if not times:
-            del self._failures[address]
-            return False
-        return len(times) >= self.max_failures
+        while self._names:
+            name, times = next(iter(self._names.items()))
+            if times[-1] >= cutoff:
+                break
+            del self._names[name]
+        while self._total and self._total[0] < cutoff:
+            self._total.popleft()
+        return cutoff
 
-    def record(self, address: str) -> None:
-        times = self._failures.get(address)
+    def locked(self, name: bytes, *, reserved: bool = False) -> bool:
+        """True when attempts for ``name`` must be refused without looking at the password.
+
+        That is when the name used up its failures, or when it is new while the table is full
+        (evicting a live name would give it fresh guesses). ``reserved`` names (holding a
+        verified credential) always find room, so a full table cannot lock them out.
+        """
+        cutoff = self._expire()
+        times = self._names.get(name)
+        if times is None and not reserved and len(self._names) >= self.max_tracked:
+            return True
+        failures = sum(1 for t in times if t >= cutoff) if times else 0
+        return failures + self._pending[name] >= self.max_failures
+
+    def budget_spent(self) -> bool:
+        """True while the global budget of failed (or running) password checks is used up."""
+        self._expire()
+        return len(self._total) + self._pending.total() >= self.max_total
+
+    def record(self, name: bytes, *, checked: bool = True) -> None:
+        """Count one failure for ``name``; ``checked`` (a password check failed) also spends the budget.
+
+        Call only after :meth:`locked` said no: that is what keeps the table bounded.
+        """
+        now = self._clock()
+        times = self._names.get(name)
         if times is None:
-            times = self._failures[address] = deque(maxlen=self.max_failures)
-            while len(self._failures) > self.max_tracked:
-                self._failures.popitem(last=False)
-        self._failures.move_to_end(address)
-        times.append(self._clock())
+            times = self._names[name] = deque(maxlen=self.max_failures)
+        self._names.move_to_end(name)
+        times.append(now)
+        if checked:
+            self._total.append(now)
+
+    def begin_check(self, name: bytes) -> None:
+        """A password check for ``name`` starts: it counts as a failure until :meth:`end_check`."""
+        self._pending[name] += 1
+
+    def end_check(self, name: bytes, *, failed: bool) -> None:
+        self._pending[name] -= 1
+        if self._pending[name] <= 0:
+            del self._pending[name]
+        if failed:
+            self.record(name)
 
     def __len__(self) -> int:
-        return len(self._failures)
+        self._expire()
+        return len(self._names)
+
+
+def _take_proxy_authorization(request: http.Request) -> str:
+    """Remove every ``Proxy-Authorization`` field; their value, folded with ", " ("" when absent)."""
+    value: str = request.headers.pop("proxy-authorization", "")
+    return value
 
 
 class ProxyAuth:
@@ -173,10 +248,12 @@ class ProxyAuth:
         self.checker: Checker | None = None
         self.authenticated: MutableMapping[connection.Client, bool] = weakref.WeakKeyDictionary()
         self.limiter = FailureLimiter(clock)
-        # Keyed digests of credentials that passed, so a bcrypt file costs one check per client,
-        # not one per request. The key lives only in this process.
+        # Keyed digests of credentials that passed (-> digest of their user name), so a bcrypt
+        # file costs one check per client, not one per request; names and passwords are never
+        # kept in the clear. The key lives only in this process.
         self._key = secrets.token_bytes(32)
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._verified: OrderedDict[bytes, bytes] = OrderedDict()
+        self._verified_names: Counter[bytes] = Counter()
 
     def load(self, loader: Any) -> None:
         loader.add_option(
@@ -192,52 +269,78 @@ class ProxyAuth:
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
             self._verified.clear()
+            self._verified_names.clear()
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
+        value = _take_proxy_authorization(flow.request)
         if self.checker is None or flow.response or flow.error:
             return
-        if await self._authenticate(flow):
+        if await self._authenticate(flow, value):
             self.authenticated[flow.client_conn] = True
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Stripped before anything else: with auth off, inside an authenticated tunnel, on a
+        # request another addon already answered, the proxy's credentials never go upstream.
+        value = _take_proxy_authorization(flow.request)
         if self.checker is None or flow.response or flow.error:
             return
         if flow.client_conn in self.authenticated:  # requests inside an authenticated CONNECT tunnel
             return
-        await self._authenticate(flow)
+        await self._authenticate(flow, value)
 
-    async def _authenticate(self, flow: http.HTTPFlow) -> bool:
-        assert self.checker is not None
-        address = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
-        value = flow.request.headers.get("proxy-authorization", "")
-        flow.request.headers.pop("proxy-authorization", None)  # never forwarded upstream
+    async def _authenticate(self, flow: http.HTTPFlow, value: str) -> bool:
         credential = parse_basic(value) if value else None
-        ok = False
-        if credential is not None and not self.limiter.limited(address):
-            ok = await self._verify(credential)
-        if ok:
+        if credential is not None and await self._admit(credential):
             return True
-        if value:
-            self.limiter.record(address)
         flow.metadata.setdefault("gauth", {})["auth"] = "denied"
         flow.response = auth_required()
         return False
 
-    async def _verify(self, credential: Credential) -> bool:
+    async def _admit(self, credential: Credential) -> bool:
+        """The limits of the module docstring, in order; True when the credential may pass."""
         assert self.checker is not None
-        digest = hmac.new(self._key, f"{credential.user}\0{credential.password}".encode(), "sha256").digest()
+        name = self._digest(b"user", credential.user)
+        if self.limiter.locked(name, reserved=name in self._verified_names):
+            return False
+        digest = self._digest(b"credential", credential.user, credential.password)
         if digest in self._verified:
             self._verified.move_to_end(digest)
             return True
-        if self.checker.slow:
-            ok = await asyncio.to_thread(self.checker.check, credential.user, credential.password)
-        else:
-            ok = self.checker.check(credential.user, credential.password)
+        if self.limiter.budget_spent():
+            self.limiter.record(name, checked=False)
+            return False
+        ok = False
+        self.limiter.begin_check(name)
+        try:
+            if self.checker.slow:
+                ok = await asyncio.to_thread(self.checker.check, credential.user, credential.password)
+            else:
+                ok = self.checker.check(credential.user, credential.password)
+        finally:  # a check cut short still counts: its bcrypt work runs on in the worker thread
+            self.limiter.end_check(name, failed=not ok)
         if ok:
-            self._verified[digest] = None
-            while len(self._verified) > MAX_VERIFIED:
-                self._verified.popitem(last=False)
+            self._remember(digest, name)
         return ok
+
+    def _digest(self, kind: bytes, *parts: str) -> bytes:
+        """A keyed digest of length-prefixed parts (a user name may itself contain any byte)."""
+        mac = hmac.new(self._key, kind, "sha256")
+        for part in parts:
+            data = part.encode()
+            mac.update(len(data).to_bytes(4, "big") + data)
+        return mac.digest()
+
+    def _remember(self, digest: bytes, name: bytes) -> None:
+        if digest in self._verified:  # two checks of the same credential ran at once
+            self._verified.move_to_end(digest)
+            return
+        self._verified[digest] = name
+        self._verified_names[name] += 1
+        while len(self._verified) > MAX_VERIFIED:
+            _old, old_name = self._verified.popitem(last=False)
+            self._verified_names[old_name] -= 1
+            if self._verified_names[old_name] <= 0:
+                del self._verified_names[old_name]
 
 
 addons = [ProxyAuth()]

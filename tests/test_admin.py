@@ -89,9 +89,9 @@ def test_metrics_count_what_was_sent(admin_proxy: tuple[ProxyProcess, str], fake
     def value(name: str, **labels: str) -> float:
         return m.get((name, frozenset(labels.items())), 0.0)
 
-    ok = {"host": "storage.googleapis.com", "service": "storage", "status": "200", "auth": "injected"}
-    assert value("gcp_auth_proxy_requests_total", **ok) == 4
-    assert value("gcp_auth_proxy_requests_total", host="compute.googleapis.com", service="compute",
+    ok = {"host": "*.googleapis.com", "service": "storage", "status": "200", "auth": "injected"}
+    assert value("gcp_auth_proxy_requests_total", **ok) == 4  # host: the --inject-host pattern it matched
+    assert value("gcp_auth_proxy_requests_total", host="*.googleapis.com", service="compute",
                  status="404", auth="injected") == 1
     assert value("gcp_auth_proxy_request_duration_seconds_count", service="storage") == 4
     assert value("gcp_auth_proxy_body_bytes_total", service="storage", direction="sent") == len(body)

@@ -41,14 +41,14 @@ def test_consistent_tunnel_request_may_carry_a_token():
 
 
 @pytest.mark.parametrize("case", [
-    dict(sni="www.evil.test", tunnel=G, authorities=(G,)),  # server name differs from target
-    dict(sni=None, tunnel=G, authorities=(G,)),  # no server name at all
-    dict(sni=G, tunnel=G, authorities=("www.evil.test",)),  # Host differs
-    dict(sni=G, tunnel=G, authorities=(G, "www.evil.test")),  # a second Host / :authority differs
-    dict(sni=G, tunnel=G, authorities=(f"{G}:8443",)),  # another port
-    dict(sni=G, tunnel=G, authorities=("garbage:x",)),
-    dict(sni=G, tunnel="142.250.1.1", authorities=(G,)),  # IP-literal target
-    dict(sni=G, tunnel="www.evil.test", authorities=(G,)),  # Google name, another target
+    {"sni": "www.evil.test", "tunnel": G, "authorities": (G,)},  # server name differs from target
+    {"sni": None, "tunnel": G, "authorities": (G,)},  # no server name at all
+    {"sni": G, "tunnel": G, "authorities": ("www.evil.test",)},  # Host differs
+    {"sni": G, "tunnel": G, "authorities": (G, "www.evil.test")},  # a second Host / :authority differs
+    {"sni": G, "tunnel": G, "authorities": (f"{G}:8443",)},  # another port
+    {"sni": G, "tunnel": G, "authorities": ("garbage:x",)},
+    {"sni": G, "tunnel": "142.250.1.1", "authorities": (G,)},  # IP-literal target
+    {"sni": G, "tunnel": "www.evil.test", "authorities": (G,)},  # Google name, another target
 ])
 def test_confused_tunnel_requests_never_carry_a_token(case):
     d = in_tunnel(case["sni"], case["tunnel"], *case["authorities"])

@@ -59,7 +59,8 @@ def client_context(pp: ProxyProcess, alpn: list[str] | None = None) -> ssl.SSLCo
     return ctx
 
 
-def open_tunnel(pp: ProxyProcess, authority: str, auth: str | None) -> tuple[socket.socket, bytes]:
+def open_tunnel(pp: ProxyProcess, authority: str, auth: str | None) -> socket.socket:
+    """An established CONNECT tunnel (the CONNECT itself is allowed; what goes inside is the test)."""
     sock = socket.create_connection(("127.0.0.1", pp.port), timeout=TIMEOUT)
     sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n".encode() + proxy_auth_line(auth) + b"\r\n")
     head = b""
@@ -68,7 +69,8 @@ def open_tunnel(pp: ProxyProcess, authority: str, auth: str | None) -> tuple[soc
         if not chunk:
             break
         head += chunk
-    return sock, head
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    return sock
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -142,8 +144,7 @@ def test_tls_spoken_directly_to_the_proxy_port_is_refused(target, fake: FakeGoog
 def test_request_naming_another_host_inside_a_google_tunnel_gets_421_and_no_token(
         target, fake: FakeGoogle, request_target, host):
     pp, auth = target
-    sock, head = open_tunnel(pp, f"{GOOGLE}:443", auth)
-    assert b" 200 " in head.split(b"\r\n")[0]
+    sock = open_tunnel(pp, f"{GOOGLE}:443", auth)
     answer = tls_request(sock, pp, GOOGLE, get(request_target, host))
     assert status(answer) == 421, answer[:300]
     assert b"misdirectedRequest" in answer
@@ -153,7 +154,7 @@ def test_request_naming_another_host_inside_a_google_tunnel_gets_421_and_no_toke
 
 def test_server_name_other_than_the_connect_target_gets_no_token(target, fake: FakeGoogle):
     pp, auth = target
-    sock, head = open_tunnel(pp, f"{GOOGLE}:443", auth)
+    sock = open_tunnel(pp, f"{GOOGLE}:443", auth)
     try:
         answer = tls_request(sock, pp, EVIL, get("/echo", GOOGLE))
     except (ssl.SSLError, OSError):
@@ -165,8 +166,7 @@ def test_server_name_other_than_the_connect_target_gets_no_token(target, fake: F
 
 def test_google_server_name_in_a_tunnel_to_another_host_gets_no_token(target, fake: FakeGoogle):
     pp, auth = target
-    sock, head = open_tunnel(pp, f"{EVIL}:443", auth)
-    assert b" 200 " in head.split(b"\r\n")[0]
+    sock = open_tunnel(pp, f"{EVIL}:443", auth)
     try:
         answer = tls_request(sock, pp, GOOGLE, get("/echo", GOOGLE))
     except (ssl.SSLError, OSError):
@@ -177,7 +177,7 @@ def test_google_server_name_in_a_tunnel_to_another_host_gets_no_token(target, fa
 def test_ip_literal_connect_target_with_google_server_name_gets_no_token(target, fake: FakeGoogle):
     pp, auth = target
     g_host, g_port = fake.googleapis_addr
-    sock, head = open_tunnel(pp, f"{g_host}:{g_port}", auth)
+    sock = open_tunnel(pp, f"{g_host}:{g_port}", auth)
     try:
         answer = tls_request(sock, pp, GOOGLE, get("/echo", GOOGLE))
     except (ssl.SSLError, OSError):
@@ -188,7 +188,7 @@ def test_ip_literal_connect_target_with_google_server_name_gets_no_token(target,
 
 def test_http2_authority_naming_another_host_gets_421(target, fake: FakeGoogle):
     pp, auth = target
-    sock, head = open_tunnel(pp, f"{GOOGLE}:443", auth)
+    sock = open_tunnel(pp, f"{GOOGLE}:443", auth)
     with client_context(pp, ["h2"]).wrap_socket(sock, server_hostname=GOOGLE) as tls:
         assert tls.selected_alpn_protocol() == "h2"
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -250,7 +250,7 @@ def test_plain_http_to_an_ip_literal_gets_no_token(target, fake: FakeGoogle):
 
 def test_plain_http_inside_a_tunnel_to_google_gets_no_token(target, fake: FakeGoogle):
     pp, auth = target
-    sock, head = open_tunnel(pp, f"{GOOGLE}:80", auth)
+    sock = open_tunnel(pp, f"{GOOGLE}:80", auth)
     with sock:
         sock.sendall(get("/echo", GOOGLE))
         answer = read_all(sock)
@@ -263,7 +263,7 @@ def test_plain_http_inside_a_tunnel_to_google_gets_no_token(target, fake: FakeGo
 
 def test_consistent_tunnel_request_gets_the_token(target, fake: FakeGoogle):
     pp, auth = target
-    sock, head = open_tunnel(pp, f"{GOOGLE}:443", auth)
+    sock = open_tunnel(pp, f"{GOOGLE}:443", auth)
     answer = tls_request(sock, pp, GOOGLE, get("/echo", f"{GOOGLE}:443"))
     assert status(answer) == 200, answer[:300]
     assert fake.requests[-1].token_valid

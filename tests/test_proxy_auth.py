@@ -1,4 +1,4 @@
-"""ProxyAuth: parsing, htpasswd, the per-address failure limit, the addon's hooks."""
+"""ProxyAuth: parsing, htpasswd, the addon's hooks (the failure limits: test_proxy_auth_lockout.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from mitmproxy.test import taddons, tflow
 from addons.proxy_auth import (
     Checker,
     Credential,
-    FailureLimiter,
     ProxyAuth,
     parse_basic,
     parse_htpasswd,
@@ -80,35 +79,6 @@ def test_htpasswd_bcrypt_and_sha(tmp_path: Path):
 def test_htpasswd_errors_name_the_problem(text: str, needle: str):
     with pytest.raises(ValueError, match=needle):
         parse_htpasswd(text)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_failure_limiter_window_and_reset():
-    clock = Clock()
-    limiter = FailureLimiter(clock, max_failures=3, window=60)
-    for _ in range(3):
-        assert not limiter.limited("10.0.0.1")
-        limiter.record("10.0.0.1")
-    assert limiter.limited("10.0.0.1")
-    assert not limiter.limited("10.0.0.2")  # per address
-    clock.now += 61
-    assert not limiter.limited("10.0.0.1")
-    assert len(limiter) == 0  # forgotten once the window passed
-
-
-def test_failure_limiter_is_bounded():
-    limiter = FailureLimiter(Clock(), max_failures=1, max_tracked=100)
-    for i in range(1000):
-        limiter.record(f"10.0.{i // 256}.{i % 256}")
-    assert len(limiter) == 100
-    assert limiter.limited("10.0.3.231")  # the newest are kept
 
 
 # -- the addon -----------------------------------------------------------------------------------------
@@ -178,11 +148,11 @@ async def _test_verified_credentials_are_remembered_not_rechecked():
         assert counting.calls == 1
 
 
-def test_rate_limited_address_is_not_checked_at_all():
-    asyncio.run(_test_rate_limited_address_is_not_checked_at_all())
+def test_locked_user_name_is_not_checked_at_all():
+    asyncio.run(_test_locked_user_name_is_not_checked_at_all())
 
 
-async def _test_rate_limited_address_is_not_checked_at_all():
+async def _test_locked_user_name_is_not_checked_at_all():
     auth = ProxyAuth()
     with taddons.context(auth) as tctx:
         tctx.configure(auth, proxy_auth="alice:pw")
@@ -204,3 +174,53 @@ def test_bad_option_is_options_error():
     auth = ProxyAuth()
     with taddons.context(auth) as tctx, pytest.raises(exceptions.OptionsError):
         tctx.configure(auth, proxy_auth="no-colon")
+
+
+def test_proxy_authorization_is_stripped_when_proxy_auth_is_off():
+    asyncio.run(_test_proxy_authorization_is_stripped_when_proxy_auth_is_off())
+
+
+async def _test_proxy_authorization_is_stripped_when_proxy_auth_is_off():
+    auth = ProxyAuth()
+    with taddons.context(auth):
+        assert auth.checker is None
+        f = tflow.tflow()
+        f.request.headers.add("proxy-authorization", basic("alice", "pw"))
+        f.request.headers.add("Proxy-Authorization", basic("bob", "pw"))  # repeated: all go
+        await auth.requestheaders(f)
+        assert f.response is None
+        assert "proxy-authorization" not in f.request.headers
+
+
+def test_proxy_authorization_is_stripped_inside_an_authenticated_tunnel():
+    asyncio.run(_test_proxy_authorization_is_stripped_inside_an_authenticated_tunnel())
+
+
+async def _test_proxy_authorization_is_stripped_inside_an_authenticated_tunnel():
+    auth = ProxyAuth()
+    with taddons.context(auth) as tctx:
+        tctx.configure(auth, proxy_auth="alice:pw")
+        connect = tflow.tflow()
+        connect.request.method = "CONNECT"
+        connect.request.headers["proxy-authorization"] = basic("alice", "pw")
+        await auth.http_connect(connect)
+        assert connect.response is None and "proxy-authorization" not in connect.request.headers
+        inner = tflow.tflow(client_conn=connect.client_conn)
+        inner.request.headers["proxy-authorization"] = basic("alice", "pw")
+        await auth.requestheaders(inner)
+        assert inner.response is None
+        assert "proxy-authorization" not in inner.request.headers
+
+
+def test_proxy_authorization_is_stripped_from_an_already_answered_request():
+    asyncio.run(_test_proxy_authorization_is_stripped_from_an_already_answered_request())
+
+
+async def _test_proxy_authorization_is_stripped_from_an_already_answered_request():
+    auth = ProxyAuth()
+    with taddons.context(auth) as tctx:
+        tctx.configure(auth, proxy_auth="alice:pw")
+        f = tflow.tflow(resp=True)
+        f.request.headers["proxy-authorization"] = basic("alice", "pw")
+        await auth.requestheaders(f)
+        assert "proxy-authorization" not in f.request.headers
