@@ -1,7 +1,8 @@
 """Connect-time check: the address a connection really goes to is never the metadata server.
 
 Runs after every address override (``--resolve``), on what a name resolves to, and pins the
-connection to the address it checked. Shares ``policy_allow_metadata`` with Policy.
+connection to the address it checked; a name it cannot resolve is refused, not handed back for
+a second, unchecked lookup. Shares ``policy_allow_metadata`` with Policy.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from mitmproxy import ctx
 from mitmproxy.proxy import server_hooks
 
-from addons.metadata import Resolver, pin_address, system_resolver
+from addons.metadata import Pinned, Resolver, pin_address, system_resolver
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,11 @@ class MetadataGuard:
         if server.address is None or server.error or ctx.options.policy_allow_metadata:
             return
         host, port = server.address[0], server.address[1]
-        pinned = await pin_address(host, port, self.resolver)
-        if pinned is None:
-            logger.warning("refused a connection to %s: it is the metadata server or link-local", host)
-            server.error = f"gcp-auth-proxy refuses to connect to {host}: the metadata server is not reachable through it"
-        elif pinned != host:
-            server.address = (pinned, port)
+        outcome = await pin_address(host, port, self.resolver)
+        if isinstance(outcome, Pinned):
+            if outcome.address != host:
+                server.address = (outcome.address, port)
+            return
+        logger.warning("refused a connection to %s: %s", host, outcome.value)
+        server.error = f"gcp-auth-proxy refuses to connect to {host}: {outcome.value}."
 

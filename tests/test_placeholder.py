@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
+import socketserver
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +18,11 @@ from mitmproxy.test import taddons, tflow
 
 from addons import default_addons
 from addons.google_auth import GoogleAuth
-from addons.placeholder import PLACEHOLDER_PREFIX, PlaceholderAuth, is_placeholder
+from addons.placeholder import PLACEHOLDER_PREFIX, PlaceholderAuth, contains_placeholder
 from fakegoogle import FakeGoogle
 from proxy import placeholder
+from tests.conftest import ProxyFactory
+from tests.proxyproc import ProxyProcess, base_env
 from tests.wraphelp import run_wrapped
 
 TOKEN = placeholder.new_placeholder()
@@ -94,21 +102,48 @@ def test_default_project(tmp_path: Path, environ: dict[str, str], key: dict[str,
 
 # -- the addon ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (f"Bearer {TOKEN}", True),
-        (f"bearer {TOKEN}", True),
-        (f"Bearer  {TOKEN} ", True),
-        (f"Bearer {PLACEHOLDER_PREFIX}from-an-earlier-run-cached-by-gsutil", True),
-        (f"Basic {TOKEN}", False),
-        ("Bearer ya29.real-looking", False),
-        (f"Bearer x{TOKEN}", False),
-        ("", False),
-    ],
-)
-def test_is_placeholder(value: str, expected: bool) -> None:
-    assert is_placeholder(value, [TOKEN.encode()]) is expected
+CUSTOM = "a-configured-placeholder-without-the-prefix-0123456789"  # `--set placeholder_tokens=`
+
+
+def b64(text: str, urlsafe: bool = False) -> str:
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    return encode(text.encode()).decode()
+
+
+HOSTILE_SPELLINGS = {  # test id: (header value or query parameter, carries a placeholder)
+    "bearer": (f"Bearer {TOKEN}", True),
+    "lower-case": (f"bearer {TOKEN}", True),
+    "odd-case": (f"bEaReR {TOKEN}", True),
+    "tab": (f"Bearer\t{TOKEN}", True),
+    "spaces": (f"Bearer     {TOKEN}  ", True),
+    "no-scheme": (TOKEN, True),
+    "other-scheme": (f"Basic {TOKEN}", True),
+    "comma-joined": (f"Bearer ya29.real, Bearer {TOKEN}", True),
+    "cookie": (f"session=1; tok={TOKEN}; theme=dark", True),
+    "query": (f"access_token={TOKEN}", True),
+    "json": (f'{{"token": "{TOKEN}"}}', True),
+    "glued": (f"Bearer x{TOKEN}", True),  # the placeholder is still in it
+    "upper-case": (f"Bearer {TOKEN.upper()}", True),
+    "earlier-run": (f"Bearer {PLACEHOLDER_PREFIX}from-an-earlier-run-cached-by-gsutil", True),
+    "basic-offset-0": ("Basic " + b64(f"oauth2accesstoken:{TOKEN}"), True),  # base64 at each offset
+    "basic-offset-1": ("Basic " + b64(f"abc:{TOKEN}"), True),
+    "basic-offset-2": ("Basic " + b64(f"u:{TOKEN}"), True),
+    "docker-registry-auth": (b64(json.dumps({"username": "oauth2accesstoken", "password": TOKEN}), urlsafe=True), True),
+    "configured-exact": (CUSTOM, True),  # a configured placeholder, as a whole token
+    "configured-bearer": (f"Bearer {CUSTOM}", True),
+    "configured-in-cookie": (f"k={CUSTOM};", True),
+    "real-token": ("Bearer ya29.real-looking", False),
+    "real-basic": ("Basic " + b64("user:password"), False),
+    "prefix-cut-short": ("gcp-auth-proxy-placeholde", False),
+    "configured-cut-short": (CUSTOM[:-1], False),
+    "configured-longer": (CUSTOM + "x", False),  # another token; run's placeholders all carry the prefix
+    "empty": ("", False),
+}
+
+
+@pytest.mark.parametrize(("value", "expected"), HOSTILE_SPELLINGS.values(), ids=HOSTILE_SPELLINGS.keys())
+def test_contains_placeholder(value: str, expected: bool) -> None:
+    assert contains_placeholder(value.encode(), [TOKEN.encode(), CUSTOM.encode()]) is expected
 
 
 def test_addon_strips_placeholder_and_keeps_other_headers() -> None:
@@ -124,21 +159,50 @@ def test_addon_strips_placeholder_and_keeps_other_headers() -> None:
         assert flow.metadata["gauth"]["placeholder"] is True
 
 
+def test_addon_strips_every_header_and_parameter_carrying_a_placeholder() -> None:
+    addon = PlaceholderAuth()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, placeholder_tokens=[TOKEN, CUSTOM])
+        flow = tflow.tflow()
+        flow.request.path = (f"/p?access_token={TOKEN}&keep=1&key=%67cp-auth-proxy-placeholder.x"
+                             f"&{CUSTOM}&alt=media")
+        flow.request.headers.fields = (
+            (b"authorization", f"Bearer\t{TOKEN}".encode()),
+            (b"authorization", b"Bearer ya29.client-own"),
+            (b"x-goog-iam-authorization-token", TOKEN.encode()),
+            (b"x-serverless-authorization", f"bEaReR   {CUSTOM}".encode()),
+            (b"proxy-authorization", ("Basic " + b64(f"oauth2accesstoken:{TOKEN}")).encode()),
+            (b"x-custom", f"a, Bearer {TOKEN}".encode()),
+            (b"cookie", f"session=1; tok={TOKEN}".encode()),
+            (b"cookie", b"theme=dark"),
+            (b"x-goog-user-project", b"q"),
+        )
+        addon.requestheaders(flow)
+        assert flow.request.headers.fields == (
+            (b"authorization", b"Bearer ya29.client-own"), (b"cookie", b"theme=dark"), (b"x-goog-user-project", b"q"),
+        )
+        assert list(flow.request.query.items(multi=True)) == [("keep", "1"), ("alt", "media")]
+        assert flow.metadata["gauth"]["placeholder"] is True
+
+
 def test_addon_keeps_a_real_client_token() -> None:
     addon = PlaceholderAuth()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, placeholder_tokens=[TOKEN])
         flow = tflow.tflow()
+        flow.request.path = "/p?access_token=ya29.client-own&b=%2F"
         flow.request.headers["authorization"] = "Bearer ya29.client-own"
         addon.requestheaders(flow)
         assert flow.request.headers["authorization"] == "Bearer ya29.client-own"
+        assert flow.request.path == "/p?access_token=ya29.client-own&b=%2F"  # untouched, not re-encoded
         assert "gauth" not in flow.metadata
 
 
-def test_addon_rejects_short_placeholders() -> None:
+@pytest.mark.parametrize("token", ["short", CUSTOM + " with a space", CUSTOM + ",", CUSTOM + "=", CUSTOM + "\u00e9"])
+def test_addon_rejects_placeholders_it_could_not_find(token: str) -> None:
     addon = PlaceholderAuth()
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError):
-        tctx.configure(addon, placeholder_tokens=["short"])
+        tctx.configure(addon, placeholder_tokens=[token])
 
 
 def test_placeholder_runs_before_google_auth() -> None:
@@ -207,3 +271,106 @@ def test_no_placeholder_leaves_credential_discovery_alone(fake: FakeGoogle, tmp_
     out = run_wrapped(fake, tmp_path, [sys.executable, "-c", check], "--no-placeholder")
     assert out.returncode == 0, out.stderr
     assert out.stdout == "127.0.0.1:9 True\n"  # as base_env set them
+
+
+# -- end to end: no spelling of a placeholder leaves the proxy -------------------------------------
+
+
+def hostile_headers() -> list[tuple[str, str]]:
+    return [
+        ("Authorization", f"Bearer\t{TOKEN}"),
+        ("X-Goog-Iam-Authorization-Token", TOKEN),
+        ("X-Serverless-Authorization", f"bEaReR   {TOKEN}"),
+        ("Proxy-Authorization", "Basic " + b64(f"oauth2accesstoken:{TOKEN}")),
+        ("X-Custom", f"a, Bearer {TOKEN}"),
+        ("Cookie", f"session=1; tok={TOKEN}"),
+        ("X-Registry-Auth", b64(json.dumps({"username": "oauth2accesstoken", "password": TOKEN}), urlsafe=True)),
+    ]
+
+
+KEPT_HEADERS = [("X-Keep", "kept"), ("Cookie", "theme=dark")]
+
+
+def leaked(received: str) -> bool:
+    """Any placeholder, in any of the spellings sent (base64 included), in what arrived."""
+    return (TOKEN in received or PLACEHOLDER_PREFIX in received.lower()
+            or any(value in received for _, value in hostile_headers()))
+
+
+QUERY = f"access_token={TOKEN}&keep=1&key=%67cp-auth-proxy-placeholder.cached"
+
+
+class _Origin(socketserver.ThreadingTCPServer):
+    """A plain-HTTP origin that keeps the exact request heads it received."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _KeepHead)
+        self.heads: list[bytes] = []
+
+
+class _KeepHead(socketserver.StreamRequestHandler):
+    server: _Origin
+
+    def handle(self) -> None:
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = self.rfile.readline(65536)
+            if not line:
+                return
+            head += line
+        self.server.heads.append(head)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+
+
+@pytest.fixture
+def origin() -> Iterator[_Origin]:
+    server = _Origin()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def exchange(proxy: ProxyProcess, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_no_spelling_of_a_placeholder_leaves_the_proxy(proxy_factory: ProxyFactory, fake: FakeGoogle,
+                                                       origin: _Origin) -> None:
+    port = origin.server_address[1]
+    pp = proxy_factory("--resolve", f"www.plain.test=127.0.0.1:{port}")
+
+    # A non-Google origin over plain HTTP: the proxy sees the request, so it strips.
+    sent = [*hostile_headers(), *KEPT_HEADERS, ("Authorization", "Bearer ya29.client-own")]
+    lines = "".join(f"{k}: {v}\r\n" for k, v in sent)
+    answer = exchange(pp, (f"GET http://www.plain.test:{port}/echo?{QUERY} HTTP/1.1\r\n"
+                           f"Host: www.plain.test:{port}\r\n{lines}Connection: close\r\n\r\n").encode())
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    [head] = origin.heads
+    reached_origin = leaked(head.decode("latin-1"))  # a bare bool: pytest must not print the head
+    assert not reached_origin
+    assert head.startswith(b"GET /echo?keep=1 HTTP/1.1\r\n")
+    for kept in (b"X-Keep: kept", b"Cookie: theme=dark", b"Authorization: Bearer ya29.client-own"):
+        assert kept in head
+
+    # An injected Google host: none of it reaches Google, and the real token replaces the placeholder.
+    pp.wait_for_line("token available")
+    out = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", pp.url, "--cacert", str(pp.ca_cert),
+         *(a for k, v in [*hostile_headers(), *KEPT_HEADERS] for a in ("-H", f"{k}: {v}")),
+         f"https://storage.googleapis.com/echo?{QUERY}"],
+        env=base_env(), capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert out.stdout == "200", out.stderr
+    [seen] = [r for r in fake.requests if r.path.startswith("/echo")]
+    reached_google = leaked("\n".join([seen.path, *seen.headers.values()]))
+    assert not reached_google
+    assert seen.path == "/echo?keep=1" and seen.headers["x-keep"] == "kept" and seen.token_valid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from addons import hosts, redact
-from addons.metadata import is_metadata_host
+from addons.metadata import Pinned, Refusal, is_metadata_host, parse_ip, pin_address
 from addons.resolve import parse_resolve_rule, resolve
 from proxy import cli
 from proxy import settings as settings_mod
@@ -213,6 +214,45 @@ def test_no_access_token_survives_free_text(before: str, token: str, after: str)
 LINK_LOCAL = ipaddress.ip_network("169.254.0.0/16")
 
 
+def ipv6_embeddings(ip: ipaddress.IPv4Address) -> dict[str, str]:
+    """Every IPv6 spelling that carries ``ip`` (RFC 4291, 2765/6145, 6052, 8215, 3056, 4380, 5214)."""
+    n, v4 = int(ip), ip.packed
+
+    def v6(number: int) -> str:
+        return str(ipaddress.IPv6Address(number))
+
+    def rfc6052(prefix: str, at: tuple[int, ...]) -> str:
+        packed = bytearray(ipaddress.IPv6Address(prefix).packed)
+        for i, b in zip(at, v4, strict=True):
+            packed[i] = b
+        return str(ipaddress.IPv6Address(bytes(packed)))
+
+    return {
+        "mapped": f"[::ffff:{ip}]",
+        "mapped-hex": v6(0xFFFF << 32 | n),
+        "translated": v6(0xFFFF << 48 | n),
+        "compatible": f"::{ip}",
+        "nat64": f"[64:ff9b::{ip}]",
+        "local-nat64/96": rfc6052("64:ff9b:1::", (12, 13, 14, 15)),
+        "6to4": v6(0x2002 << 112 | n << 80 | 1),
+        "teredo": v6(0x20010000 << 96 | int(ipaddress.IPv4Address("65.54.227.120")) << 64 | 0x8000_63BF << 32
+                     | n ^ 0xFFFFFFFF),
+        "isatap": v6(0x5EFE << 32 | n),
+        "isatap-global": v6(0x20010DB8 << 96 | 0x0200_5EFE << 32 | n),
+    }
+
+
+def local_nat64_embeddings(ip: ipaddress.IPv4Address) -> list[str]:
+    """64:ff9b:1::/48 with the shorter RFC 6052 prefixes a network may use inside it (byte 8 is skipped)."""
+    out = []
+    for at in ((6, 7, 9, 10), (7, 9, 10, 11), (9, 10, 11, 12)):
+        packed = bytearray(ipaddress.IPv6Address("64:ff9b:1::").packed)
+        for i, b in zip(at, ip.packed, strict=True):
+            packed[i] = b
+        out.append(str(ipaddress.IPv6Address(bytes(packed))))
+    return out
+
+
 @FAST
 @given(st.integers(int(LINK_LOCAL.network_address), int(LINK_LOCAL.broadcast_address)), st.data())
 def test_every_spelling_of_link_local_is_metadata(number: int, data: st.DataObject):
@@ -231,8 +271,47 @@ def test_every_spelling_of_link_local_is_metadata(number: int, data: st.DataObje
 
 
 @FAST
+@given(st.integers(int(LINK_LOCAL.network_address), int(LINK_LOCAL.broadcast_address)))
+def test_every_ipv6_embedding_of_link_local_is_metadata(number: int):
+    ip = ipaddress.IPv4Address(number)
+    for kind, spelling in ipv6_embeddings(ip).items():
+        assert ipaddress.ip_address(spelling.strip("[]"))  # a real IPv6 address, not a typo
+        assert is_metadata_host(spelling), (kind, spelling)
+    for spelling in local_nat64_embeddings(ip):
+        assert is_metadata_host(spelling), spelling
+
+
+@FAST
 @given(st.ip_addresses(v=4))
 def test_other_addresses_are_not_metadata(ip: ipaddress.IPv4Address):
     assume(ip not in LINK_LOCAL)
     assert not is_metadata_host(str(ip))
     assert not is_metadata_host(str(int(ip)))
+    for kind, spelling in ipv6_embeddings(ip).items():
+        assert not is_metadata_host(spelling), (kind, spelling)
+    # Not local_nat64_embeddings: read at another RFC 6052 length, one may look link-local (all are read).
+
+
+def _resolver_for(answer: list[str] | None):  # type: ignore[no-untyped-def]
+    async def resolve(host: str, port: int) -> list[str]:
+        if answer is None:
+            raise OSError("no such host")
+        return answer
+    return resolve
+
+
+addresses = st.one_of(st.ip_addresses().map(str), st.sampled_from(["169.254.169.254", "fd20:ce::254", "fe80::1%2"]))
+
+
+@FAST
+@given(st.one_of(st.text(max_size=40), addresses), st.one_of(st.none(), st.lists(addresses, max_size=3)))
+def test_pin_address_never_raises_and_never_pins_a_metadata_address(host: str, answer: list[str] | None):
+    outcome = asyncio.run(pin_address(host, 443, _resolver_for(answer)))
+    if isinstance(outcome, Pinned):
+        assert not is_metadata_host(outcome.address) and not is_metadata_host(host)
+        assert parse_ip(outcome.address) is not None  # an address, never a name to look up again
+        assert answer is not None or parse_ip(host.strip().lower().removesuffix(".")) is not None
+    else:
+        assert outcome in (Refusal.METADATA, Refusal.UNRESOLVED)
+        if outcome is Refusal.UNRESOLVED:
+            assert not answer
