@@ -1,15 +1,17 @@
 """Measurements behind docs/benchmarks.md's "levers" section (``python -m benchmarks.levers PART``).
 
-Parts: ``newconn`` (cost of a new intercepted connection: CA/leaf key type, TLS session
-resumption), ``h2`` (HTTP/2 to the client vs HTTP/1.1 keep-alive), ``workers`` (two proxy
-processes vs one, the load split between them). Each prints one JSON object per measurement.
+Parts: ``newconn [N [ROUNDS]]`` (cost of a new intercepted connection: CA/leaf key type, TLS
+session resumption), ``handshake [N [ROUNDS]]`` (the TLS part of it alone, in-process), ``h2``
+(HTTP/2 to the client vs HTTP/1.1 keep-alive), ``workers`` (two proxy processes vs one, the load
+split between them). Each prints one JSON object per measurement.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
+import contextlib
 import json
+import os
 import socket
 import ssl
 import statistics
@@ -21,38 +23,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from benchmarks import procs
 from benchmarks.session import GOOGLE_HOST, SMALL_PATH, Config, Session
 
 
-def write_ec_ca(confdir: Path) -> None:
-    """Seed ``confdir`` with an ECDSA P-256 CA in mitmproxy's layout; mitmproxy signs leaves with
-    the CA's key *and* uses it as the leaf key, so this makes every handshake ECDSA instead of RSA-2048."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+def write_rsa_ca(confdir: Path) -> None:
+    """Seed ``confdir`` with the CA gcp-auth-proxy made before it made its own P-256 one: mitmproxy's
+    RSA-2048 CA (the proxy keeps an existing CA; mitmproxy gives every leaf the CA's key)."""
+    from mitmproxy import certs
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-ec-ca"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bench")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, encipher_only=False,
-                                         decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
     confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (confdir / "mitmproxy-ca.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                          serialization.NoEncryption()) + pem)
-    (confdir / "mitmproxy-ca-cert.pem").write_bytes(pem)
+    certs.CertStore.create_store(confdir, "mitmproxy", 2048)
 
 
 def _connect_once(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None) -> tuple[int, ssl.SSLSession | None, bool]:
@@ -70,19 +54,28 @@ def _connect_once(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None
             return int(data.split(b" ", 2)[1]), s.session, bool(s.session_reused)
 
 
-def newconn(n: int) -> list[dict[str, Any]]:
-    """Fresh connection per request, sequential: RSA-2048 vs ECDSA P-256 proxy CA, with/without resumption."""
+def newconn(n: int, rounds: int = 3) -> list[dict[str, Any]]:
+    """Fresh connection per request, sequential: RSA-2048 vs ECDSA P-256 proxy CA, with/without resumption.
+
+    The two proxies alternate (the first one rotates each round); a summary line of medians ends it.
+    """
     out = []
+    print(json.dumps({"part": "newconn", "loadavg_at_start": os.getloadavg()}), flush=True)
     with tempfile.TemporaryDirectory(prefix="gap-levers-") as tmp:
         work = Path(tmp)
         fake = procs.start_fake(work)
         proxies: dict[str, procs.Proc] = {}
         try:
+            write_rsa_ca(work / "rsa" / "gap-conf")
             proxies["rsa2048"] = procs.start_gap(fake, work / "rsa", "gap-rsa")
-            write_ec_ca(work / "ec" / "gap-conf")
-            proxies["ecdsa-p256"] = procs.start_gap(fake, work / "ec", "gap-ec")
-            for rnd in range(3):
-                for name, proxy in proxies.items():
+            proxies["ecdsa-p256"] = procs.start_gap(fake, work / "ec", "gap-ec")  # the proxy's own new CA
+            for name, proxy in proxies.items():  # what each handshake will use (leaf key = CA key)
+                key = x509.load_pem_x509_certificate(Path(proxy.info["ca"]).read_bytes()).public_key()
+                assert isinstance(key, rsa.RSAPublicKey if name == "rsa2048" else ec.EllipticCurvePublicKey), name
+            names = list(proxies)
+            for rnd in range(rounds):
+                for name in names[rnd % 2:] + names[:rnd % 2]:
+                    proxy = proxies[name]
                     for resume in (False, True):
                         ctx = ssl.create_default_context(cafile=proxy.info["ca"])
                         ctx.set_alpn_protocols(["http/1.1"])
@@ -107,6 +100,22 @@ def newconn(n: int) -> list[dict[str, Any]]:
             for p in proxies.values():
                 p.stop()
             fake.stop()
+    summary: dict[str, Any] = {"part": "newconn-medians", "rounds": rounds, "connections": n,
+                               "loadavg_at_end": os.getloadavg()}
+    for name in ("rsa2048", "ecdsa-p256"):
+        for resume in (False, True):
+            cells = [r for r in out if r["ca"] == name and r["client_resumption"] == resume]
+            key = f"{name}{'-resumed' if resume else ''}"
+            summary[f"{key}_cpu_ms"] = round(statistics.median(r["proxy_cpu_ms_per_conn"] for r in cells), 2)
+            summary[f"{key}_p50_ms"] = round(statistics.median(r["p50_ms"] for r in cells), 2)
+    for resume, suffix in ((False, ""), (True, "-resumed")):
+        summary[f"ecdsa/rsa{suffix}_cpu"] = round(summary[f"ecdsa-p256{suffix}_cpu_ms"]
+                                                 / summary[f"rsa2048{suffix}_cpu_ms"], 3)
+        # paired within each round, so drift in the machine's load between rounds cancels out
+        cpu = {(r["round"], r["ca"]): r["proxy_cpu_ms_per_conn"] for r in out if r["client_resumption"] == resume}
+        summary[f"ecdsa/rsa{suffix}_cpu_paired"] = round(statistics.median(
+            cpu[rnd, "ecdsa-p256"] / cpu[rnd, "rsa2048"] for rnd in range(rounds)), 3)
+    print(json.dumps(summary), flush=True)
     return out
 
 
@@ -233,16 +242,99 @@ def workers(duration: float, rounds: int, conc: int = 32) -> list[dict[str, Any]
     return out
 
 
+def _server_handshake(store: Any, client_ctx: ssl.SSLContext, session: ssl.SSLSession | None
+                      ) -> tuple[float, ssl.SSLSession | None, bool]:
+    """One client handshake against a server side set up as mitmproxy's TlsConfig.tls_start_client
+    does it, over memory BIOs; returns the CPU seconds spent on the server side only."""
+    from mitmproxy.addons import tlsconfig
+    from mitmproxy.net import tls as net_tls
+    from OpenSSL import SSL
+
+    spent = 0.0
+    t = time.thread_time()
+    entry = store.get_cert(GOOGLE_HOST, [x509.DNSName(GOOGLE_HOST)])  # cached after the first call
+    server_ctx = net_tls.create_client_proxy_context(  # lru_cached: one SSL_CTX, as in the proxy
+        method=net_tls.Method.TLS_SERVER_METHOD, min_version=net_tls.DEFAULT_MIN_VERSION,
+        max_version=net_tls.DEFAULT_MAX_VERSION, cipher_list=tlsconfig._DEFAULT_CIPHERS, ecdh_curve=None,
+        chain_file=entry.chain_file, alpn_select_callback=tlsconfig.alpn_select_callback,
+        request_client_cert=False, extra_chain_certs=(), dhparams=store.dhparams)
+    server = SSL.Connection(server_ctx, None)
+    server.use_certificate(entry.cert.to_cryptography())
+    server.use_privatekey(entry.privatekey)
+    server.set_app_data(tlsconfig.AppData(client_alpn=b"http/1.1", server_alpn=None, http2=False))
+    server.set_accept_state()
+    spent += time.thread_time() - t
+
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(incoming, outgoing, server_hostname=GOOGLE_HOST, session=session)
+
+    def serve(data: bytes, app_data: bytes = b"") -> None:
+        nonlocal spent
+        t = time.thread_time()
+        server.bio_write(data)
+        with contextlib.suppress(SSL.WantReadError):
+            server.do_handshake()
+            if app_data:
+                server.send(app_data)
+        with contextlib.suppress(SSL.WantReadError):
+            incoming.write(server.bio_read(65536))
+        spent += time.thread_time() - t
+
+    while True:
+        try:
+            client.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            serve(outgoing.read())
+    serve(outgoing.read(), b"x")  # the client's Finished; TLS 1.3 session tickets follow it
+    client.read(1)
+    return spent, client.session, client.session_reused
+
+
+def handshake(n: int, rounds: int) -> dict[str, Any]:
+    """Only the TLS part of a new intercepted connection, in-process: RSA-2048 vs P-256, resumed or not."""
+    from mitmproxy import certs
+
+    from proxy import trust
+
+    cells: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="gap-levers-") as tmp:
+        confdirs = {"rsa2048": Path(tmp) / "rsa", "ecdsa-p256": Path(tmp) / "ec"}
+        write_rsa_ca(confdirs["rsa2048"])
+        trust.ensure_ca(confdirs["ecdsa-p256"])
+        for rnd in range(rounds):
+            for name, confdir in confdirs.items():
+                store = certs.CertStore.from_store(confdir, "mitmproxy", 2048)
+                client_ctx = ssl.create_default_context(cafile=str(confdir / "mitmproxy-ca-cert.pem"))
+                client_ctx.set_alpn_protocols(["http/1.1"])
+                for resume in (False, True):
+                    session, total, reused = None, 0.0, 0
+                    _server_handshake(store, client_ctx, None)
+                    for _ in range(n):
+                        spent, new_session, was_reused = _server_handshake(store, client_ctx, session if resume else None)
+                        session = new_session
+                        total += spent
+                        reused += was_reused
+                    assert reused >= (n - 1 if resume else 0) and (resume or reused == 0), (name, resume, reused)
+                    cells.setdefault(f"{name}{'-resumed' if resume else ''}", []).append(total / n * 1000)
+    summary: dict[str, Any] = {"part": "handshake", "rounds": rounds, "handshakes": n}
+    summary.update({f"{k}_server_cpu_ms": round(statistics.median(v), 3) for k, v in cells.items()})
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
 def main(argv: list[str]) -> int:
     part = argv[0] if argv else "newconn"
     if part == "newconn":
-        newconn(int(argv[1]) if len(argv) > 1 else 200)
+        newconn(int(argv[1]) if len(argv) > 1 else 200, int(argv[2]) if len(argv) > 2 else 3)
+    elif part == "handshake":
+        handshake(int(argv[1]) if len(argv) > 1 else 300, int(argv[2]) if len(argv) > 2 else 7)
     elif part == "h2":
         h2(float(argv[1]) if len(argv) > 1 else 3.0, 3)
     elif part == "workers":
         workers(float(argv[1]) if len(argv) > 1 else 3.0, 3)
     else:
-        print(f"unknown part {part!r}: newconn, h2 or workers", file=sys.stderr)
+        print(f"unknown part {part!r}: newconn, handshake, h2 or workers", file=sys.stderr)
         return 2
     return 0
 
