@@ -9,17 +9,22 @@ delivered. Tunnelled (non-injected) hosts are not audited: the proxy never sees 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
+import stat
 import sys
 import time
+import unicodedata
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
-from addons import google_api, redact
+from addons import google_api, options, redact
+from addons.destination import destination_of
 from addons.errors import error_response
 
 logger = logging.getLogger(__name__)
@@ -75,7 +80,7 @@ def body_bytes(flow: http.HTTPFlow, which: str) -> int | None:
     if message.raw_content is not None:
         return len(message.raw_content)
     length = message.headers.get("content-length", "")
-    return int(length) if length.isdigit() else None
+    return int(length) if length.isascii() and length.isdigit() else None  # "²".isdigit() is True
 
 
 # -- the record ----------------------------------------------------------------------------------------
@@ -122,7 +127,10 @@ def audit_record(flow: http.HTTPFlow, now: float | None = None) -> dict[str, Any
 
 
 def _requested_host(flow: http.HTTPFlow) -> str:
-    """The name the client asked for (TLS server name), never an address an override put there."""
+    """Where the request really went (addons/destination.py), never a name the client only claimed."""
+    destination = destination_of(flow)
+    if destination is not None:
+        return destination.host
     if flow.client_conn.tls and flow.client_conn.sni:
         return flow.client_conn.sni.lower()
     return flow.request.host.lower()
@@ -156,6 +164,140 @@ def _rfc3339(timestamp: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# -- the line --------------------------------------------------------------------------------------
+
+# Characters a line-based reader or a terminal must never get raw: controls (C0, DEL, C1, which
+# include NEL), lone surrogates, line/paragraph separators, and format characters (bidi overrides,
+# zero-width), which can make a record display as something else.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp", "Cf"})
+
+
+def escape_text(text: str) -> str:
+    """``text`` with every character a reader could choke on written out as visible escapes.
+
+    mitmproxy decodes request bytes that are not UTF-8 with ``surrogateescape`` (byte 0xff becomes
+    U+DCFF), which ``str.encode()`` refuses: such a byte becomes the four characters ``\\xff``.
+    Any other unsafe character becomes ``\\uXXXX`` (``\\UXXXXXXXX`` beyond the BMP). Everything
+    else, including printable non-ASCII, is kept. A backslash the client sent is kept as is.
+    """
+    if text.isascii() and text.isprintable():
+        return text  # the common case: nothing to look at
+    return "".join(_escape_char(c) for c in text)
+
+
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _escape_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, Mapping):
+        return {escape_text(str(k)): _escape_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escape_values(v) for v in value]
+    return value
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """One newline-terminated JSON line, valid UTF-8, whatever bytes the client sent.
+
+    The line holds no raw control character, U+2028/U+2029 or lone surrogate (see
+    :func:`escape_text`), so every JSON parser and line-based tool reads it as one record.
+
+    Raises:
+        ValueError, TypeError: the record holds something JSON cannot carry (NaN, an object).
+    """
+    text = json.dumps(_escape_values(record), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8") + b"\n"
+
+
+# -- the file --------------------------------------------------------------------------------------
+
+class UnsafeAuditLog(Exception):
+    """The audit log path names something another user could have planted; the message says what."""
+
+
+# O_NONBLOCK: a FIFO planted at the path must not hang the open (it is refused after fstat).
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def open_log_file(path: str) -> int:
+    """Open ``path`` for appending, refusing anything the proxy's user did not make for itself.
+
+    A new file is created with ``O_EXCL`` and mode 0600. An existing one is opened with
+    ``O_NOFOLLOW`` (a symlink as the last component is refused, never followed) and judged by
+    ``fstat`` on the open descriptor, so it cannot be swapped between the check and the writes.
+
+    Raises:
+        UnsafeAuditLog: a symlink, or a file :func:`unsafe_file` refuses.
+        OSError: the file cannot be opened.
+    """
+    try:
+        fd = os.open(path, _APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        try:
+            fd = os.open(path, _APPEND)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.EMLINK) and _is_symlink(path):  # EMLINK: BSDs
+                raise UnsafeAuditLog("it is a symbolic link") from None
+            raise
+    try:
+        why = unsafe_file(os.fstat(fd), os.geteuid())
+        if why:
+            raise UnsafeAuditLog(why)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def unsafe_file(st: os.stat_result, euid: int) -> str | None:
+    """Why an opened audit log must not be appended to (one clause), or None when it is fine.
+
+    Device nodes (``/dev/null``, ``/dev/full``) pass: only root can make them.
+    """
+    mode = st.st_mode
+    if stat.S_ISCHR(mode):
+        return None
+    if not stat.S_ISREG(mode):
+        return "it is not a regular file"
+    if st.st_uid != euid:
+        return f"it is owned by uid {st.st_uid}, not by the proxy's user (uid {euid})"
+    if mode & 0o022:
+        return f"it is writable by group or others (mode {stat.S_IMODE(mode):04o})"
+    if st.st_nlink > 1:  # a hard link to another file is a symlink that O_NOFOLLOW cannot see
+        return f"it has {st.st_nlink} hard links"
+    return None
+
+
+def _is_symlink(path: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _open_error(e: OSError | UnsafeAuditLog) -> str:
+    if isinstance(e, UnsafeAuditLog):
+        return str(e)
+    return e.strerror or str(e)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    # One write() of one line on an O_APPEND file: lines never interleave or tear.
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 def refuse_streamed(flow: http.HTTPFlow, why: str) -> None:
     """Refuse a request whose body mitmproxy streams: it cannot be answered, so it is cut off.
 
@@ -180,11 +322,7 @@ class AuditLog:
         self.records_written = 0
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "audit_log", str, "",
-            "Append one JSON line per request to an injected host to this file ('-' for stdout). "
-            "Reopened on SIGHUP (logrotate).",
-        )
+        options.declare(loader, "audit_log")
 
     def configure(self, updated: set[str]) -> None:
         if "audit_log" in updated:
@@ -194,6 +332,8 @@ class AuditLog:
             if self._path:
                 try:
                     self._open()
+                except UnsafeAuditLog as e:
+                    raise exceptions.OptionsError(f"refusing audit log {self._path}: {e}") from e
                 except OSError as e:
                     raise exceptions.OptionsError(f"cannot open audit log {self._path}: {e.strerror}") from e
 
@@ -205,26 +345,33 @@ class AuditLog:
         if self._path == "-":
             self._fd = sys.stdout.fileno()
             return
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = open_log_file(self._path)
 
     def _close(self) -> None:
         if self._fd is not None and self._path != "-":
             os.close(self._fd)
         self._fd = None
 
-    def reopen(self) -> None:
-        """Reopen the file by name (logrotate moved it); called on SIGHUP."""
+    def reopen(self) -> bool:
+        """Reopen the file by name (logrotate moved it); called on SIGHUP. False: refused/failed.
+
+        A failure never raises (it would land in the signal handler): traffic to injected hosts
+        stops, as for a write error, with one error line per attempt.
+        """
         if not self._path:
-            return
+            return True
         self._close()
         try:
             self._open()
-        except OSError as e:
-            self._fail(f"cannot reopen: {e.strerror}")
-            return
+        except (OSError, UnsafeAuditLog) as e:
+            self.broken = f"not reopened: {_open_error(e)}"
+            logger.error("audit log %s %s; refusing requests to Google until a SIGHUP reopens it",
+                         self._path, self.broken)
+            return False
         if self.broken:
             logger.warning("audit log %s writable again: passing requests to injected hosts", self._path)
         self.broken = None
+        return True
 
     # -- hooks ---------------------------------------------------------------------------------------
 
@@ -291,15 +438,22 @@ class AuditLog:
             if self.broken is None:
                 self._fail("not open")
             return False
-        line = json.dumps(audit_record(flow), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        # Anything that escapes a hook is only logged and the flow goes on: a record that cannot be
+        # built or written must take the fail-closed path below, whatever the exception.
         try:
-            # One write() of one line on an O_APPEND file: lines never interleave or tear.
-            view = memoryview(line)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            line = encode_record(audit_record(flow))
+        except Exception as e:
+            logger.debug("audit record could not be encoded", exc_info=True)
+            self._fail(f"a record could not be encoded: {type(e).__name__}")
+            return False
+        try:
+            _write_all(self._fd, line)
         except OSError as e:
             self._fail(e.strerror or str(e))
+            return False
+        except Exception as e:
+            logger.debug("audit record could not be written", exc_info=True)
+            self._fail(type(e).__name__)
             return False
         self.records_written += 1
         if self.broken is not None:

@@ -101,6 +101,7 @@ def test_a_request_not_streamed_by_mitmproxy_is_left_buffered():
 def test_records_are_appended_one_line_each(tmp_path: Path):
     path = tmp_path / "audit.jsonl"
     path.write_text('{"old": 1}\n')
+    path.chmod(0o600)  # under umask 002 it would be group-writable, which is refused
     addon = AuditLog()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, audit_log=str(path))
