@@ -19,6 +19,9 @@ from google.auth import exceptions as gexc
 
 from addons import redact
 
+# Naming what was loaded lives with the loading, in addons/credentials.py; still importable here.
+from addons.credentials import credential_type, principal  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 # The metadata server hands out a token until it has ~5 minutes left; refresh like it does.
@@ -331,34 +334,3 @@ def _classify(error: BaseException, detail: str) -> tuple[str, str]:
             return f"The GCE metadata server could not be reached: {detail}", "metadata_unreachable"
         return f"The token endpoint could not be reached: {detail}", "token_endpoint_unreachable"
     return f"Getting a token failed ({type(error).__name__}): {detail}", "token_failed"
-
-
-def credential_type(creds: object) -> str:
-    """A short name for the kind of credential google.auth.default() found."""
-    module = type(creds).__module__
-    name = type(creds).__name__
-    if module.startswith("google.oauth2.service_account"):
-        return "service_account"
-    if module.startswith("google.oauth2.credentials"):
-        return "authorized_user"
-    if module.startswith("google.auth.compute_engine"):
-        return "gce_metadata"
-    if module.startswith("google.auth.impersonated_credentials"):
-        return "impersonated_service_account"
-    if "external_account" in module or module.startswith(("google.auth.identity_pool", "google.auth.aws")):
-        return "external_account"
-    return name
-
-
-def principal(creds: object | None) -> str | None:
-    """The best identity we can name for logs: service-account email, user account, or client id."""
-    if creds is None:
-        return None
-    for attr in ("service_account_email", "signer_email", "account"):
-        value = getattr(creds, attr, None)
-        if isinstance(value, str) and value and value != "default":
-            return value
-    client_id = getattr(creds, "client_id", None)
-    if isinstance(client_id, str) and client_id:
-        return f"client:{client_id}"
-    return None

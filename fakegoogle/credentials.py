@@ -83,9 +83,13 @@ class CredentialRegistry:
                 email, key_id, private_key.public_key(), token_uri
             )
         info = service_account_json(email, key_id, private_pem, token_uri, quota_project)
-        return _write_json(Path(path), info)
+        return write_json(Path(path), info)
 
     def write_authorized_user(self, path: Path, *, quota_project: str | None = None) -> Path:
+        return write_json(Path(path), self.authorized_user_info(quota_project=quota_project))
+
+    def authorized_user_info(self, *, quota_project: str | None = None) -> dict[str, Any]:
+        """A new gcloud user credential (registered here), as the ADC file's JSON."""
         user = AuthorizedUser(
             client_id=f"{secrets.randbelow(10**12):012d}-fake.apps.googleusercontent.com",
             client_secret="GOCSPX-" + secrets.token_urlsafe(20),
@@ -104,7 +108,7 @@ class CredentialRegistry:
         }
         if quota_project:
             info["quota_project_id"] = quota_project
-        return _write_json(Path(path), info)
+        return info
 
     def key(self, key_id: str | None, email: str | None) -> ServiceAccountKey | None:
         """Find a key by ``kid``, falling back to the issuer when no kid is sent."""
@@ -122,7 +126,8 @@ class CredentialRegistry:
         return None
 
 
-def _write_json(path: Path, info: dict[str, Any]) -> Path:
+def write_json(path: Path, info: dict[str, Any]) -> Path:
+    """Write a credential file as gcloud does: owner-only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=2) + "\n")
     path.chmod(0o600)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlencode
 
 from .certs import make_tls
-from .credentials import DEFAULT_TOKEN_URI
+from .credentials import DEFAULT_TOKEN_URI, write_json
+from .federation import ALLOWED_AUDIENCE, DEFAULT_SUBJECT, FEDERATED_SA, IMPERSONATED_SA
 from .googleapis import GoogleApisApp
-from .metadata import MetadataApp
+from .metadata import AZURE_TOKEN_PATH, MetadataApp
 from .other_origin import OtherOriginApp
 from .records import RecordedRequest
 from .server import ServerThread, Site
@@ -85,6 +87,55 @@ class FakeGoogle:
             Path(path), quota_project=quota_project
         )
 
+    def write_external_account(
+        self, path: Path, *, source: str = "file", impersonate: bool = False,
+        subject: str = DEFAULT_SUBJECT, token_format: str = "text", quota_project: str | None = None,
+    ) -> Path:
+        """An ``external_account`` (workload identity federation) config at ``path``.
+
+        ``source="file"``: an OIDC token for ``subject`` is written to ``<path>.token`` (JSON
+        ``{"id_token": ...}`` with ``token_format="json"``), as a Kubernetes projected token.
+        ``source="url"``: the metadata server's Azure-style endpoint mints one per fetch.
+        ``impersonate``: adds ``service_account_impersonation_url`` for ``FEDERATED_SA``.
+        """
+        path = Path(path)
+        federation = self._state.federation
+        if source == "file":
+            credential_source = federation.write_subject_token_file(
+                path.with_name(path.name + ".token"), subject, token_format=token_format
+            )
+        elif source == "url":
+            host, port = self.metadata_addr
+            query = urlencode({"api-version": "2018-02-01", "resource": ALLOWED_AUDIENCE})
+            credential_source = {
+                "url": f"http://{host}:{port}{AZURE_TOKEN_PATH}?{query}",
+                "headers": {"Metadata": "True"},
+                "format": {"type": "json", "subject_token_field_name": "access_token"},
+            }
+        else:
+            raise ValueError(f"source must be 'file' or 'url', not {source!r}")
+        info = federation.external_account_info(
+            credential_source, impersonate=FEDERATED_SA if impersonate else None,
+            quota_project=quota_project,
+        )
+        return write_json(path, info)
+
+    def mint_subject_token(
+        self, subject: str = DEFAULT_SUBJECT, audience: str = ALLOWED_AUDIENCE, *,
+        lifetime: int = 3600, now: float | None = None,
+    ) -> str:
+        """An OIDC token from the fake's issuer, as a workload's identity provider would issue it."""
+        return self._state.federation.mint_subject_token(subject, audience, lifetime=lifetime, now=now)
+
+    def write_impersonated_service_account(self, path: Path, *, target: str = IMPERSONATED_SA) -> Path:
+        """An ``impersonated_service_account`` ADC file whose source is a gcloud user."""
+        source = self._state.credentials.authorized_user_info()
+        return self._state.federation.write_impersonated_service_account(Path(path), source, target)
+
+    def write_external_account_authorized_user(self, path: Path) -> Path:
+        """A workforce identity federation user's ADC file, refreshed at sts /v1/oauthtoken."""
+        return self._state.federation.write_external_account_authorized_user(Path(path))
+
     def env_for_metadata(self) -> dict[str, str]:
         hostport = f"{self.metadata_addr[0]}:{self.metadata_addr[1]}"
         return {"GCE_METADATA_HOST": hostport, "GCE_METADATA_IP": hostport}
@@ -97,6 +148,44 @@ class FakeGoogle:
     @property
     def token_requests(self) -> int:
         return self._state.tokens.requests
+
+    def token_requests_to(self, endpoint: str) -> int:
+        """Requests to one token endpoint: oauth2, metadata, sts_exchange, sts_refresh,
+        generate_access_token (``token_requests`` is their sum)."""
+        return self._state.tokens.requests_to(endpoint)
+
+    @property
+    def sts_exchanges(self) -> int:
+        """Token-exchange requests to sts.googleapis.com/v1/token (workload identity federation)."""
+        return self._state.tokens.requests_to("sts_exchange")
+
+    @property
+    def sts_refreshes(self) -> int:
+        """refresh_token requests to sts.googleapis.com/v1/oauthtoken (workforce users)."""
+        return self._state.tokens.requests_to("sts_refresh")
+
+    @property
+    def generate_access_token_calls(self) -> int:
+        """Requests to iamcredentials serviceAccounts/SA:generateAccessToken (impersonation)."""
+        return self._state.tokens.requests_to("generate_access_token")
+
+    @property
+    def oauth2_token_requests(self) -> int:
+        """Requests to oauth2.googleapis.com/token (service-account keys, gcloud users)."""
+        return self._state.tokens.requests_to("oauth2")
+
+    def wait_for_token_requests(self, count: int, timeout: float = 20.0) -> bool:
+        """Block until ``token_requests`` reaches ``count``; False on timeout."""
+        return self._state.tokens.wait_for_requests(count, timeout)
+
+    def token_kind(self, token: str) -> str | None:
+        """Which endpoint issued ``token``: oauth2, metadata, sts, sts_refresh or iamcredentials."""
+        return self._state.tokens.kind_of(token)
+
+    @property
+    def metadata_requests(self) -> list[str]:
+        """``METHOD /path`` of each metadata-server request since ``clear_requests()``."""
+        return list(self._state.metadata_requests)
 
     @property
     def issued_tokens(self) -> list[str]:
@@ -131,6 +220,7 @@ class FakeGoogle:
 
     def clear_requests(self) -> None:
         self._state.log.clear()
+        self._state.metadata_requests.clear()
 
     def reset_storage(self) -> None:
         """Drop every bucket and object tests created; keep demo-bucket/hello.txt and bench."""

@@ -13,11 +13,14 @@ from .http import (
     google_error,
     json_response,
 )
+from .iamcredentials import iamcredentials_endpoint
 from .oauth import token_endpoint
 from .projects import bigquery, resource_manager
 from .records import RecordedRequest
 from .state import SharedState
 from .storage_api import StorageApi
+from .sts import ENDPOINTS as STS_ENDPOINTS
+from .sts import sts_endpoint
 from .tokens import bearer_token
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ def service_for(host: str) -> str:
         "compute": "compute",
         "bigquery": "bigquery",
         "cloudresourcemanager": "resourcemanager",
+        "sts": "sts",
+        "iamcredentials": "iamcredentials",
     }.get(name, "")
 
 
@@ -109,8 +114,16 @@ class GoogleApisApp(App):
 
     async def respond(self, request: Request) -> Response:
         service = service_for(request.host)
+        # Token endpoints are counted by the token store, not recorded as API requests.
         if service == "oauth2" and request.raw_path == "/token" and request.method == "POST":
             return await token_endpoint(request, self.state)
+        if service == "sts" and request.raw_path in STS_ENDPOINTS and request.method == "POST":
+            return await sts_endpoint(request, self.state)
+        if service == "iamcredentials" and (found := await iamcredentials_endpoint(request, self.state)):
+            # Recorded like an API call: tests check what reached it (never the proxy's token).
+            caller = bearer_token(request.headers.get("authorization"))
+            record(self.state, request, caller is not None and self.state.tokens.is_valid(caller), "googleapis")
+            return found
         token = bearer_token(request.headers.get("authorization"))
         token_valid = token is not None and self.state.tokens.is_valid(token)
         if request.raw_path == "/echo":

@@ -1,4 +1,4 @@
-"""RS256 JWT-bearer assertion checks for the oauth2 token endpoint (pure functions)."""
+"""RS256 JWT checks (pure functions): oauth2 JWT-bearer assertions, and the parsing STS uses."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .credentials import ServiceAccountKey
 
@@ -26,15 +27,26 @@ def _b64decode(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
-def verify_assertion(
-    assertion: str,
-    find_key: Callable[[str | None, str | None], ServiceAccountKey | None],
-    now: float | None = None,
-) -> dict[str, Any]:
-    """Return the claims of a valid assertion signed by a known key, else raise GrantError."""
-    now = time.time() if now is None else now
+@dataclass(frozen=True)
+class SignedJwt:
+    """A compact RS256 JWT split into its parts; nothing about it is trusted yet."""
+
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+    def check_signature(self, public_key: rsa.RSAPublicKey) -> None:
+        try:
+            public_key.verify(self.signature, self.signing_input, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature as exc:
+            raise GrantError("Invalid JWT Signature.") from exc
+
+
+def parse_rs256(token: str) -> SignedJwt:
+    """Split and decode a compact RS256 JWT; raises GrantError when it is malformed."""
     try:
-        header_b64, payload_b64, signature_b64 = assertion.split(".")
+        header_b64, payload_b64, signature_b64 = token.split(".")
         header = json.loads(_b64decode(header_b64))
         claims = json.loads(_b64decode(payload_b64))
         signature = _b64decode(signature_b64)
@@ -42,15 +54,22 @@ def verify_assertion(
         raise GrantError("Invalid JWT: malformed token.") from exc
     if not isinstance(header, dict) or not isinstance(claims, dict) or header.get("alg") != "RS256":
         raise GrantError("Invalid JWT: unsupported algorithm.")
-    key = find_key(header.get("kid"), claims.get("iss"))
+    return SignedJwt(header, claims, f"{header_b64}.{payload_b64}".encode(), signature)
+
+
+def verify_assertion(
+    assertion: str,
+    find_key: Callable[[str | None, str | None], ServiceAccountKey | None],
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Return the claims of a valid assertion signed by a known key, else raise GrantError."""
+    now = time.time() if now is None else now
+    jwt = parse_rs256(assertion)
+    claims = jwt.claims
+    key = find_key(jwt.header.get("kid"), claims.get("iss"))
     if key is None:
         raise GrantError("Invalid grant: account not found")
-    try:
-        key.public_key.verify(
-            signature, f"{header_b64}.{payload_b64}".encode(), padding.PKCS1v15(), hashes.SHA256()
-        )
-    except InvalidSignature as exc:
-        raise GrantError("Invalid JWT Signature.") from exc
+    jwt.check_signature(key.public_key)
     if claims.get("aud") != key.token_uri:
         raise GrantError(f"Invalid JWT: audience must be {key.token_uri}.")
     exp, iat = claims.get("exp"), claims.get("iat")

@@ -1,5 +1,8 @@
 """Plain-HTTP fake GCE metadata server, plus the /_fake/ admin endpoints.
 
+Also GET /metadata/identity/oauth2/token?resource=AUD (header ``Metadata: true``), Azure's
+managed identity endpoint, which mints an OIDC subject token for URL-sourced federation.
+
 Admin (no Metadata-Flavor needed), for out-of-process control of a running fake:
   POST /_fake/revoke_all
   POST /_fake/token_failure?mode=500|invalid_grant|429|hang|none
@@ -11,6 +14,7 @@ Admin (no Metadata-Flavor needed), for out-of-process control of a running fake:
 from __future__ import annotations
 
 from .credentials import PROJECT_ID
+from .federation import URL_SUBJECT
 from .http import (
     App,
     Request,
@@ -29,6 +33,7 @@ DEFAULT_SCOPES = [
 ]
 FLAVOR = [("metadata-flavor", "Google")]
 ROOT = "/computeMetadata/v1/"
+AZURE_TOKEN_PATH = "/metadata/identity/oauth2/token"
 SA_PREFIX = "instance/service-accounts/"
 
 STATIC: dict[str, str] = {
@@ -66,6 +71,9 @@ class MetadataApp(App):
         path = request.raw_path
         if path.startswith("/_fake/"):
             return self.admin(request, path[len("/_fake/") :])
+        self.state.metadata_requests.append(f"{request.method} {path}")
+        if path == AZURE_TOKEN_PATH:
+            return self.azure_identity_token(request)
         if path == "/":
             return metadata_text("computeMetadata/\n")
         if not path.startswith(ROOT):
@@ -102,12 +110,12 @@ class MetadataApp(App):
 
     async def token(self, scopes: str | None) -> Response:
         """Issue a token; ``?scopes=a,b`` is echoed back as ``scope`` (the real server scopes the token)."""
-        self.state.tokens.count_request()
+        self.state.tokens.count_request("metadata")
         failure = await failure_response(self.state.tokens, self.state.stopping)
         if failure is not None:
             failure.headers.extend(FLAVOR)
             return failure
-        token, expires_in = self.state.tokens.issue()
+        token, expires_in = self.state.tokens.issue("metadata")
         payload: dict[str, object] = {
             "access_token": token,
             "expires_in": expires_in,
@@ -116,6 +124,17 @@ class MetadataApp(App):
         if scopes:
             payload["scope"] = " ".join(s for s in scopes.split(",") if s)
         return json_response(200, payload, FLAVOR)
+
+    def azure_identity_token(self, request: Request) -> Response:
+        """Azure IMDS-style managed identity token: the URL-sourced subject token for
+        workload identity federation (``credential_source.url``)."""
+        if request.headers.get("metadata", "").lower() != "true":
+            return json_response(400, {"error": "invalid_request", "error_description": "Required metadata header not specified"})
+        resource = request.query.get("resource", "")
+        if not resource:
+            return json_response(400, {"error": "invalid_resource", "error_description": "resource is required"})
+        token = self.state.federation.mint_subject_token(URL_SUBJECT, resource)
+        return json_response(200, {"access_token": token, "token_type": "Bearer", "resource": resource})
 
     def admin(self, request: Request, action: str) -> Response:
         tokens = self.state.tokens

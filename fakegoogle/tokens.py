@@ -1,6 +1,6 @@
 """Issued access tokens, revocation, counters and the token-failure switch.
 
-Shared by the oauth2 endpoint, the metadata server and the API auth check,
+Shared by the token endpoints (oauth2, metadata, sts, iamcredentials) and the API auth check,
 and mutated from test threads, so every access goes through one lock.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import Counter
 
 FAILURE_MODES = (None, "500", "invalid_grant", "429", "hang")
 
@@ -18,28 +19,55 @@ class TokenStore:
 
     def __init__(self, lifetime: int = 3600) -> None:
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._expiry: dict[str, float] = {}
+        self._kind: dict[str, str] = {}
         self._order: list[str] = []
         self._revoked: set[str] = set()
         self.lifetime = lifetime
         self.fetches = 0
         self.requests = 0
+        self._requests_to: Counter[str] = Counter()
         self._failure: str | None = None
 
     # --- counters -------------------------------------------------------
-    def count_request(self) -> None:
-        with self._lock:
+    def count_request(self, endpoint: str = "oauth2") -> None:
+        """Count one request to a token endpoint (before any injected failure is applied)."""
+        with self._changed:
             self.requests += 1
+            self._requests_to[endpoint] += 1
+            self._changed.notify_all()
 
-    def issue(self) -> tuple[str, int]:
-        """Mint an unpredictable token; returns (token, expires_in)."""
+    def requests_to(self, endpoint: str) -> int:
+        """Requests so far to one token endpoint: oauth2, metadata, sts_exchange, sts_refresh,
+        generate_access_token."""
+        with self._lock:
+            return self._requests_to[endpoint]
+
+    def wait_for_requests(self, count: int, timeout: float) -> bool:
+        """Block until ``requests`` reaches ``count`` (a condition, not a sleep); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.requests >= count, timeout)
+
+    def issue(self, kind: str = "oauth2", lifetime: int | None = None) -> tuple[str, int]:
+        """Mint an unpredictable token; returns (token, expires_in).
+
+        ``kind`` names the endpoint that issued it (see ``kind_of``); ``lifetime`` may shorten
+        the store's lifetime for this one token (generateAccessToken's ``lifetime``).
+        """
         token = "ya29.fake-" + secrets.token_urlsafe(32)
         with self._lock:
-            lifetime = self.lifetime
+            lifetime = self.lifetime if lifetime is None else min(lifetime, self.lifetime)
             self._expiry[token] = time.time() + lifetime
+            self._kind[token] = kind
             self._order.append(token)
             self.fetches += 1
         return token, lifetime
+
+    def kind_of(self, token: str) -> str | None:
+        """Which endpoint issued ``token`` (oauth2, metadata, sts, sts_refresh, iamcredentials)."""
+        with self._lock:
+            return self._kind.get(token)
 
     def is_valid(self, token: str) -> bool:
         with self._lock:
