@@ -5,33 +5,30 @@ mitmproxy already closes connections idle for ``tcp_timeout`` seconds and stream
 request head may arrive (an HTTP/1 head is buffered until its blank line: unbounded), or how long an
 upstream may take to accept a connection or to answer. This addon adds those, with one sweeper task
 for all connections (no per-connection timers).
+
+The request-head size cap and JSON error pages (with 504 for an upstream that timed out) live in
+mitmproxy's HTTP/1 layer, where no addon hook reaches: ``addons/http1_patch.py`` wraps it, and only
+the program installs that (``proxy/embed.py``). ``mitmdump -s addons/limits.py`` alone therefore
+gives the connection cap and the timeouts, but no head-size cap and mitmproxy's own HTML error pages.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import connection, ctx, http, tls
-from mitmproxy.net.http import http1 as http1_net
-from mitmproxy.proxy import commands, events, layer, layers
-from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+from mitmproxy.proxy import layer, layers
 
+from addons import http1_patch, options
 from addons.errors import error_body, error_response
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_MAX_HEADER_SIZE = 64 * 1024
-DEFAULT_HEADER_TIMEOUT = 30.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_READ_TIMEOUT = 300.0
 SWEEP_INTERVAL = 1.0
 
 
@@ -69,7 +66,7 @@ class _CountingReader:
 
     It does not measure head size: raw reads mix TLS records and request bodies that arrive
     before mitmproxy has parsed the head. Head size is capped on the parsed buffer instead
-    (see ``_patch_http1``).
+    (see ``addons/http1_patch.py``).
     """
 
     def __init__(self, inner: Any, state: ConnState, limits: Limits) -> None:
@@ -89,13 +86,17 @@ class _CountingReader:
 
 
 class Limits:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, proxyserver: Any = None) -> None:
+        # mitmproxy's Proxyserver addon, whose connection handlers we wrap; the program passes it
+        # (addons/composition.py); loaded alone with -s it is found when the proxy runs.
+        self.proxyserver = proxyserver
         self.conns: dict[connection.Client, ConnState] = {}
-        self.max_connections = DEFAULT_MAX_CONNECTIONS
-        self.max_header_size = DEFAULT_MAX_HEADER_SIZE
-        self.header_timeout = DEFAULT_HEADER_TIMEOUT
-        self.connect_timeout = DEFAULT_CONNECT_TIMEOUT
-        self.read_timeout = DEFAULT_READ_TIMEOUT
+        defaults = options.BY_NAME
+        self.max_connections: int = defaults["max_connections"].default
+        self.max_header_size: int = defaults["max_header_size"].default
+        self.header_timeout: float = defaults["header_timeout"].default
+        self.connect_timeout: float = defaults["connect_timeout"].default
+        self.read_timeout: float = defaults["read_timeout"].default
         self.refused = 0
         self._clock = clock
         self._sweeper: asyncio.Task[None] | None = None
@@ -103,29 +104,19 @@ class Limits:
         self._connect_timers: dict[str, asyncio.TimerHandle] = {}
 
     def load(self, loader: Any) -> None:
-        loader.add_option("limits_max_connections", int, DEFAULT_MAX_CONNECTIONS,
-                          "Most client connections open at once; more are closed at once. 0: no cap.")
-        loader.add_option("limits_max_header_size", int, DEFAULT_MAX_HEADER_SIZE,
-                          "Largest HTTP/1 request head in bytes; larger gets 431 and the connection closes.")
-        loader.add_option("limits_header_timeout", float, DEFAULT_HEADER_TIMEOUT,
-                          "Seconds a request head may take to arrive (from the connection's start, or its "
-                          "first byte on a kept-alive connection); slower gets 408. 0: off.")
-        loader.add_option("limits_connect_timeout", float, DEFAULT_CONNECT_TIMEOUT,
-                          "Seconds to wait for an upstream TCP connection. 0: the OS default.")
-        loader.add_option("limits_read_timeout", float, DEFAULT_READ_TIMEOUT,
-                          "Seconds to wait for an upstream's response head once the request was sent. 0: off.")
+        options.declare(loader, "max_connections", "max_header_size", "header_timeout", "connect_timeout", "read_timeout")
 
     def configure(self, updated: set[str]) -> None:
-        _patch_http1()
         o = ctx.options
-        self.max_connections = o.limits_max_connections
-        self.max_header_size = o.limits_max_header_size
-        _HEAD_LIMIT[0] = self.max_header_size
-        self.header_timeout = o.limits_header_timeout
-        self.connect_timeout = o.limits_connect_timeout
-        self.read_timeout = o.limits_read_timeout
+        self.max_connections = o.max_connections
+        self.max_header_size = o.max_header_size  # applied by addons/http1_patch.py, per connection
+        self.header_timeout = o.header_timeout
+        self.connect_timeout = o.connect_timeout
+        self.read_timeout = o.read_timeout
 
     def running(self) -> None:
+        if self.proxyserver is None and ctx.master is not None:  # standalone (-s) only
+            self.proxyserver = ctx.master.addons.get("proxyserver")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     def done(self) -> None:
@@ -143,7 +134,7 @@ class Limits:
                                self.max_connections, self.refused)
             client.error = "too many connections"
             return
-        handler = _handler_for(client)
+        handler = self._handler_for(client)
         state = ConnState(opened_at=self._clock(), handler=handler, waiting_since=self._clock())
         self.conns[client] = state
         if handler is not None:
@@ -152,7 +143,7 @@ class Limits:
                 io.reader = _CountingReader(io.reader, state, self)
 
     def client_disconnected(self, client: connection.Client) -> None:
-        _TIMED_OUT.pop(client.id, None)
+        http1_patch.forget(client)
         state = self.conns.pop(client, None)
         if state is not None:
             for flow_id in state.flows:
@@ -249,7 +240,7 @@ class Limits:
         self._read_timers.pop(flow.id, None)
         if flow.response is not None or not flow.live:
             return
-        handler = _handler_for(flow.client_conn)
+        handler = self._handler_for(flow.client_conn)
         io = handler.transports.get(flow.server_conn) if handler is not None else None
         if io is None or io.handler is None:
             return
@@ -258,7 +249,7 @@ class Limits:
         message = f"gcp-auth-proxy: {host} timed out: no answer within {self.read_timeout:g} s"
         flow.metadata.setdefault("gauth", {})["error"] = message
         # mitmproxy reports a closed upstream as "server closed connection"; say what happened.
-        _TIMED_OUT[flow.client_conn.id] = message
+        http1_patch.note_upstream_timeout(flow.client_conn, message)
         io.handler.cancel(message)
 
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
@@ -320,66 +311,13 @@ class Limits:
 
     # -- for graceful shutdown ----------------------------------------------------------------------------
 
+    def _handler_for(self, client: connection.Client) -> Any:
+        server = self.proxyserver
+        return server.connections.get(client.id) if server is not None else None
+
     def busy_connections(self) -> int:
         """Connections with a request in progress or an open tunnel."""
         return sum(1 for s in self.conns.values() if s.busy)
-
-
-_TIMED_OUT: dict[str, str] = {}  # client connection id -> why its upstream was cut off
-_HEAD_LIMIT = [DEFAULT_MAX_HEADER_SIZE]  # largest HTTP/1 request head, in bytes
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-
-
-def _patch_http1() -> None:
-    """Three gaps in mitmproxy's HTTP/1 server, closed by wrapping its functions. Idempotent.
-
-    - The request head is buffered until its blank line without any bound ("FIXME: protect
-      against header size DoS" in mitmproxy's read_headers): cap it at ``_HEAD_LIMIT`` bytes
-      with a 431. This counts parsed, decrypted head bytes only, never a body.
-    - Error responses: JSON like ours instead of an HTML page.
-    - An upstream timeout is a 504, not mitmproxy's catch-all 502.
-    """
-    if getattr(_http1, "_gauth_patched", False):
-        return
-    original_send = _http1.Http1Server.send
-    original_read_headers = _http1.Http1Server.read_headers
-
-    def read_headers(self: Any, event: Any) -> Any:
-        if isinstance(event, events.DataReceived) and len(self.buf) > _HEAD_LIMIT[0]:
-            received = bytes(self.buf)  # only while a head is being read: small
-            end = _HEAD_END.search(received)
-            if (end.end() if end else len(received)) > _HEAD_LIMIT[0]:
-                yield commands.SendData(self.conn, _http1.make_error_response(
-                    431, f"The request head exceeds {_HEAD_LIMIT[0]} bytes."))
-                yield commands.CloseConnection(self.conn)
-                self.state = self.done
-                return
-        yield from original_read_headers(self, event)
-
-    def send(self: Any, event: Any) -> Any:
-        if isinstance(event, ResponseProtocolError):
-            message = _TIMED_OUT.pop(self.context.client.id, None)
-            if message is not None:
-                event = ResponseProtocolError(event.stream_id, message, event.code)
-        return original_send(self, event)
-
-    def make_error_response(status_code: int, message: str = "") -> bytes:
-        if status_code == 502 and "timed out" in message:
-            status_code = 504
-        body = error_body(status_code, message or "gcp-auth-proxy could not complete the request.", "proxyError")
-        response = http.Response.make(status_code, body, {
-            "content-type": "application/json; charset=UTF-8", "connection": "close", "cache-control": "no-store"})
-        return http1_net.assemble_response(response)
-
-    _http1.Http1Server.send = send  # type: ignore[method-assign]
-    _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]
-    _http1.make_error_response = make_error_response
-    _http1._gauth_patched = True  # type: ignore[attr-defined]
-
-
-def _handler_for(client: connection.Client) -> Any:
-    server = ctx.master.addons.get("proxyserver") if ctx.master else None
-    return server.connections.get(client.id) if server is not None else None
 
 
 addons = [Limits()]

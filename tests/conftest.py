@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake Google, the real proxy process, clean environments."""
+"""Shared fixtures: the fake Google, real proxies (in this process, or as processes), clean environments."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from fakegoogle import FakeGoogle
+from tests.inprocess import InProcessProxy, start_in_process
 from tests.proxyproc import (
     ALL_OUTPUTS,
     CLEARED_VARIABLES,
+    GOOGLE_AUTH_ENV,
     ProxyProcess,
+    RunningProxy,
     base_env,
     proxy_args,
     start_proxy,
@@ -61,26 +64,32 @@ def sa_key(fake: FakeGoogle, tmp_path: Path) -> Path:
     return fake.write_service_account_key(tmp_path / "sa.json")
 
 
-ProxyFactory = Callable[..., ProxyProcess]
+ProxyFactory = Callable[..., RunningProxy]
 
 
 @pytest.fixture
-def proxy_factory(fake: FakeGoogle, tmp_path: Path) -> Iterator[ProxyFactory]:
-    """Start real proxies: ``proxy_factory(*extra_args, env={...}, credentials=path|None)``."""
-    started: list[ProxyProcess] = []
+def proxy_factory(fake: FakeGoogle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ProxyFactory]:
+    """Start real proxies in this process: ``proxy_factory(*extra_args, credentials="sa"|path)``.
+
+    The proxy is ``serve`` minus the process: the same argument parsing, settings and
+    ``proxy.embed.run_proxy``. One at a time (see tests/inprocess.py). For signals, exit codes,
+    the CLI's own output, start-up failures and environment handling, use ``proxy_process_factory``.
+    """
+    started: list[InProcessProxy] = []
     counter = iter(range(1000))
 
-    def start(*extra: str, env: dict[str, str] | None = None, credentials: Path | None | str = "sa",
-              command: str = "serve", expect_listen: bool = True) -> ProxyProcess:
+    def start(*extra: str, credentials: Path | str | None = "sa") -> InProcessProxy:
+        if credentials is None:  # no ADC file: google-auth would probe GCE with settings read at import
+            raise TypeError("proxy_factory needs a credentials file; use proxy_process_factory(credentials=None)")
         n = next(counter)
         confdir = tmp_path / "confdir"
-        penv = base_env(**(env or {}))
+        # google.auth.default() reads the process environment: set it as base_env() does for a process.
+        for name, value in GOOGLE_AUTH_ENV.items():
+            monkeypatch.setenv(name, value)
         if credentials == "sa":
-            penv["GOOGLE_APPLICATION_CREDENTIALS"] = str(fake.write_service_account_key(tmp_path / f"sa{n}.json"))
-        elif credentials is not None:
-            penv["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
-        pp = start_proxy([command, *proxy_args(fake, confdir, *extra)], env=penv, confdir=confdir,
-                         output=tmp_path / f"proxy{n}.log", expect_listen=expect_listen)
+            credentials = fake.write_service_account_key(tmp_path / f"sa{n}.json")
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+        pp = start_in_process(proxy_args(fake, confdir, *extra), confdir=confdir, output=tmp_path / f"proxy{n}.log")
         started.append(pp)
         return pp
 
@@ -90,8 +99,41 @@ def proxy_factory(fake: FakeGoogle, tmp_path: Path) -> Iterator[ProxyFactory]:
 
 
 @pytest.fixture
-def proxy(proxy_factory: ProxyFactory) -> ProxyProcess:
-    """A proxy with a service-account key from the fake Google, already holding a token."""
+def proxy_process_factory(fake: FakeGoogle, tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start real proxy processes: ``proxy_process_factory(*extra_args, env={...}, credentials=path|None)``."""
+    started: list[ProxyProcess] = []
+    counter = iter(range(1000))
+
+    def start(*extra: str, env: dict[str, str] | None = None, credentials: Path | None | str = "sa",
+              command: str = "serve", expect_listen: bool = True) -> ProxyProcess:
+        n = next(counter)
+        confdir = tmp_path / "confdir"
+        penv = base_env(**(env or {}))
+        if credentials == "sa":
+            penv["GOOGLE_APPLICATION_CREDENTIALS"] = str(fake.write_service_account_key(tmp_path / f"psa{n}.json"))
+        elif credentials is not None:
+            penv["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
+        pp = start_proxy([command, *proxy_args(fake, confdir, *extra)], env=penv, confdir=confdir,
+                         output=tmp_path / f"process{n}.log", expect_listen=expect_listen)
+        started.append(pp)
+        return pp
+
+    yield start
+    for pp in started:
+        pp.stop()
+
+
+@pytest.fixture
+def proxy(proxy_factory: ProxyFactory) -> RunningProxy:
+    """A proxy (in this process) with a service-account key from the fake Google, already holding a token."""
     pp = proxy_factory()
+    pp.wait_for_line("token available")
+    return pp
+
+
+@pytest.fixture
+def proxy_process(proxy_process_factory: Callable[..., ProxyProcess]) -> ProxyProcess:
+    """The same as ``proxy``, as its own process (for signals and the process itself)."""
+    pp = proxy_process_factory()
     pp.wait_for_line("token available")
     return pp

@@ -1,4 +1,8 @@
-"""Starting the real proxy as a process on loopback, and clean client environments for tests."""
+"""Starting the real proxy as a process on loopback, and clean client environments for tests.
+
+Most tests run the proxy in-process instead (tests/inprocess.py): same program, no interpreter
+start-up. Both kinds share ``RunningProxy``, what tests read of a proxy.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fakegoogle import FakeGoogle
@@ -28,31 +31,35 @@ CLEARED_VARIABLES = (
     "GCE_METADATA_IP", "GCE_METADATA_ROOT", "CLOUDSDK_CONFIG", "BOTO_CONFIG", "BOTO_PATH",
     "PIP_CERT", "AWS_CA_BUNDLE", "GIT_SSL_CAINFO", "NIX_SSL_CERT_FILE",
 )
-ALL_OUTPUTS: list[Path] = []  # every proxy's stdout/stderr, for the session-wide token check
+# What base_env() sets for google-auth, besides the credentials.
+GOOGLE_AUTH_ENV = {
+    "NO_GCE_CHECK": "true",  # google-auth must not probe 169.254.169.254 (no metadata server here)
+    "GCE_METADATA_IP": "127.0.0.1:9",  # and if it does, it fails fast
+    "GCE_METADATA_HOST": "127.0.0.1:9",
+}
+ALL_OUTPUTS: list[Path] = []  # every proxy's output (process or in-process), for the session-wide token check
 
 
 def base_env(**extra: str) -> dict[str, str]:
     """A minimal, explicit environment: nothing inherited that could hide a CA or proxy mistake."""
     env = {k: v for k, v in os.environ.items() if k not in CLEARED_VARIABLES and not k.startswith("GCP_AUTH_PROXY_")}
-    env["NO_GCE_CHECK"] = "true"  # google-auth must not probe 169.254.169.254 (no metadata server here)
-    env["GCE_METADATA_IP"] = "127.0.0.1:9"  # and if it does, it fails fast
-    env["GCE_METADATA_HOST"] = "127.0.0.1:9"
+    env.update(GOOGLE_AUTH_ENV)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
 
 
-@dataclass
-class ProxyProcess:
-    proc: subprocess.Popen[bytes]
-    host: str
-    port: int
-    confdir: Path
-    output: Path
-    lines: list[str] = field(default_factory=list)
-    changed: threading.Condition = field(default_factory=threading.Condition)
-    closed: bool = False
-    _reader: threading.Thread | None = None
+class RunningProxy:
+    """A started proxy as tests see it: its address, its CA, and its output, line by line."""
+
+    def __init__(self, host: str, port: int, confdir: Path, output: Path) -> None:
+        self.host = host
+        self.port = port
+        self.confdir = confdir
+        self.output = output
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.closed = False  # no more output will come
 
     @property
     def url(self) -> str:
@@ -76,6 +83,25 @@ class ProxyProcess:
         if not hit:
             raise AssertionError(f"proxy never logged {needle!r}; output:\n{self.text()}")
         return hit
+
+    def _add_line(self, line: str) -> None:
+        with self.changed:
+            self.lines.append(line)
+            self.changed.notify_all()
+
+    def _close_output(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+
+class ProxyProcess(RunningProxy):
+    """``python -m proxy ...`` in its own process: for signals, exit codes, the CLI, env handling."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], host: str, port: int, confdir: Path, output: Path) -> None:
+        super().__init__(host, port, confdir, output)
+        self.proc = proc
+        self._reader: threading.Thread | None = None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:
@@ -125,13 +151,9 @@ def start_proxy(
         for raw in proc.stdout:
             out.write(raw)
             out.flush()
-            with pp.changed:
-                pp.lines.append(raw.decode(errors="replace"))
-                pp.changed.notify_all()
+            pp._add_line(raw.decode(errors="replace"))
         out.close()
-        with pp.changed:
-            pp.closed = True
-            pp.changed.notify_all()
+        pp._close_output()
 
     pp._reader = threading.Thread(target=pump, daemon=True)
     pp._reader.start()

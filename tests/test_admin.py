@@ -133,10 +133,10 @@ def test_readyz_reports_a_broken_audit_log(proxy_factory: Any):
     assert samples(admin)[("gcp_auth_proxy_audit_log_writable", frozenset())] == 0
 
 
-def test_admin_port_in_use_is_a_startup_error(proxy_factory: Any, admin_proxy: tuple[ProxyProcess, str]):
+def test_admin_port_in_use_is_a_startup_error(proxy_process_factory: Any, admin_proxy: tuple[ProxyProcess, str]):
     _pp, admin = admin_proxy
     taken = admin.rsplit(":", 1)[1]
-    pp = proxy_factory("--admin-listen", f"127.0.0.1:{taken}", expect_listen=False)
+    pp = proxy_process_factory("--admin-listen", f"127.0.0.1:{taken}", expect_listen=False)
     assert pp.proc.wait(timeout=60) != 0
     pp.wait_for_line("admin endpoints")  # returns once the line is there or the output closed
     assert "cannot listen on" in pp.text() and "Traceback" not in pp.text()

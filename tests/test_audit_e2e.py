@@ -228,7 +228,9 @@ def test_audit_write_failure_refuses_traffic(proxy_factory: Any, fake: FakeGoogl
     assert pp.text().count("cannot be written") == 1
 
 
-def test_sighup_reopens_the_audit_log(audited: ProxyProcess, audit_path: Path):
+def test_sighup_reopens_the_audit_log(proxy_process_factory: Any, audit_path: Path):
+    audited = proxy_process_factory("--audit-log", str(audit_path))  # a process: it takes a signal
+    audited.wait_for_line("token available")
     s = session_via(audited)
     assert s.get("https://storage.googleapis.com/echo?n=1", timeout=20).status_code == 200
     wait_for_records(audit_path, 1)
@@ -277,8 +279,8 @@ def test_audit_summary_unreadable_file_is_one_sentence(tmp_path: Path, capsys: A
     assert err.startswith("gcp-auth-proxy: cannot read audit log") and "Traceback" not in err
 
 
-def test_audit_log_to_stdout(proxy_factory: Any):
-    pp = proxy_factory("--audit-log", "-")
+def test_audit_log_to_stdout(proxy_process_factory: Any):
+    pp = proxy_process_factory("--audit-log", "-")  # a process: its stdout is the point
     pp.wait_for_line("token available")
     assert session_via(pp).get("https://storage.googleapis.com/echo?x=1", timeout=20).status_code == 200
     line = pp.wait_for_line('"path":"/echo?x=1"')
@@ -286,8 +288,9 @@ def test_audit_log_to_stdout(proxy_factory: Any):
 
 
 
-def test_operational_logs_as_json(proxy_factory: Any, audit_path: Path):
-    pp = proxy_factory("--log-format", "json", "--audit-log", str(audit_path))
+def test_operational_logs_as_json(proxy_process_factory: Any, audit_path: Path):
+    # A process: the CLI's own logging set-up and start-up line are the point.
+    pp = proxy_process_factory("--log-format", "json", "--audit-log", str(audit_path))
     pp.wait_for_line("token available")
     assert session_via(pp).get("https://storage.googleapis.com/echo", timeout=20).status_code == 200
     wait_for_records(audit_path, 1)

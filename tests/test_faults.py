@@ -155,11 +155,12 @@ def late_metadata(fake: FakeGoogle) -> Iterator[tuple[int, list[_Relay]]]:
         r.server_close()
 
 
-def test_metadata_server_slow_to_come_up_is_retried(proxy_factory: ProxyFactory, fake: FakeGoogle,
+def test_metadata_server_slow_to_come_up_is_retried(proxy_process_factory: ProxyFactory, fake: FakeGoogle,
                                                      late_metadata: tuple[int, list[_Relay]]):
+    # A process: google-auth reads the metadata server's address at import.
     port, relays = late_metadata
     addr = f"127.0.0.1:{port}"
-    pp = proxy_factory(credentials=None,
+    pp = proxy_process_factory(credentials=None,
                        env={"NO_GCE_CHECK": "false", "GCE_METADATA_HOST": addr, "GCE_METADATA_IP": addr})
     pp.wait_for_line("token unavailable", timeout=30)
     relay = _Relay(port, fake.metadata_addr)
@@ -193,9 +194,9 @@ def read_response(s: socket.socket) -> bytes:
     return data
 
 
-def test_sigterm_lets_in_flight_request_finish_then_exits_0(proxy_factory: ProxyFactory, tmp_path: Path):
+def test_sigterm_lets_in_flight_request_finish_then_exits_0(proxy_process_factory: ProxyFactory, tmp_path: Path):
     audit = tmp_path / "audit.jsonl"
-    pp = proxy_factory("--audit-log", str(audit), "--shutdown-grace", "30")
+    pp = proxy_process_factory("--audit-log", str(audit), "--shutdown-grace", "30")
     pp.wait_for_line("token available")
     s = start_slow_request(pp)
     pp.proc.send_signal(signal.SIGTERM)
@@ -212,8 +213,8 @@ def test_sigterm_lets_in_flight_request_finish_then_exits_0(proxy_factory: Proxy
     assert [(r["path"], r["status"]) for r in records] == [("/echo", 200)]
 
 
-def test_second_sigterm_exits_at_once(proxy_factory: ProxyFactory):
-    pp = proxy_factory("--shutdown-grace", "600")
+def test_second_sigterm_exits_at_once(proxy_process_factory: ProxyFactory):
+    pp = proxy_process_factory("--shutdown-grace", "600")
     pp.wait_for_line("token available")
     s = start_slow_request(pp)
     pp.proc.send_signal(signal.SIGTERM)
@@ -224,9 +225,9 @@ def test_second_sigterm_exits_at_once(proxy_factory: ProxyFactory):
     s.close()
 
 
-def test_sigterm_with_nothing_in_flight_exits_0_promptly(proxy: ProxyProcess):
-    proxy.proc.send_signal(signal.SIGTERM)
-    assert proxy.proc.wait(15) == 0
+def test_sigterm_with_nothing_in_flight_exits_0_promptly(proxy_process: ProxyProcess):
+    proxy_process.proc.send_signal(signal.SIGTERM)
+    assert proxy_process.proc.wait(15) == 0
 
 
 # -- limits: slow clients, big heads, too many connections, stuck upstreams ------------------------------

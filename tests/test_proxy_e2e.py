@@ -174,9 +174,9 @@ def test_plain_http_to_injected_host_is_upgraded_to_tls(proxy: ProxyProcess, fak
     assert any(q.path == "/storage/v1/b/demo-bucket" and q.token_valid for q in fake.requests)
 
 
-def test_proxy_process_runs_under_python_optimize(proxy: ProxyProcess):
+def test_proxy_process_runs_under_python_optimize(proxy_process: ProxyProcess):
     """serve re-executes itself under -O (mitmproxy's debug type checks cost 10-16 % CPU)."""
     from pathlib import Path
 
-    cmdline = Path(f"/proc/{proxy.proc.pid}/cmdline").read_bytes().split(b"\0")
+    cmdline = Path(f"/proc/{proxy_process.proc.pid}/cmdline").read_bytes().split(b"\0")
     assert b"-O" in cmdline, cmdline

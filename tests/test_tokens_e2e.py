@@ -48,9 +48,10 @@ def test_gcloud_authorized_user_credentials(proxy_factory, fake: FakeGoogle, tmp
     assert seen[-1].token_valid and seen[-1].headers.get("x-goog-user-project") == "billing-project"
 
 
-def test_gce_metadata_server(proxy_factory, fake: FakeGoogle):
+def test_gce_metadata_server(proxy_process_factory, fake: FakeGoogle):
+    # A process: google-auth reads the metadata server's address at import.
     env = {**fake.env_for_metadata(), "NO_GCE_CHECK": "false"}
-    pp = proxy_factory(env=env, credentials=None)
+    pp = proxy_process_factory(env=env, credentials=None)
     assert "gce_metadata credentials for metadata-sa@" in pp.wait_for_line("token available")
     assert get_bucket(pp).status_code == 200
 
