@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench soak clean
+.PHONY: demo test lint bench soak clean readme-options
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap
 	./scripts/bootstrap
@@ -25,3 +25,7 @@ soak: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the README's option table from addons/options.py (tests/test_options.py checks it).
+readme-options: $(VENV)/.installed
+	$(PY) -m proxy.options_doc README.md

@@ -1,7 +1,7 @@
 """Admin HTTP endpoints for operators: /healthz, /readyz, /metrics (Prometheus text).
 
 Served by a small asyncio server on mitmproxy's own event loop: nothing blocks it, and
-/readyz asks the GoogleAuth addon for a token exactly as a request would (single-flight,
+/readyz asks the TokenSource for a token exactly as a request would (single-flight,
 respecting backoff), so "ready" means a token is fresh or can be had right now.
 """
 
@@ -18,7 +18,11 @@ from typing import Any, NamedTuple
 from mitmproxy import ctx, exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from addons import options
+from addons.audit_log import AuditLog
+from addons.metrics import Metrics
 from addons.token_cache import TokenError
+from addons.token_source import TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +63,20 @@ def _json(status: int, payload: dict[str, Any]) -> Response:
 
 
 class Admin:
-    def __init__(self) -> None:
+    """The admin endpoints; they read the components they are given (alone with ``-s``: /readyz
+    says token injection is not configured, /metrics is 404)."""
+
+    def __init__(self, tokens: TokenSource | None = None, audit: AuditLog | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.tokens = tokens
+        self.audit = audit
+        self.metrics = metrics
         self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "admin_listen", str, "",
-            "Serve /healthz, /readyz and /metrics on this HOST:PORT (off when empty).",
-        )
+        options.declare(loader, "admin_listen")
 
     def configure(self, updated: set[str]) -> None:
         if "admin_listen" not in updated:
@@ -156,22 +164,21 @@ class Admin:
         if path == "/readyz":
             return await self.readiness()
         if path == "/metrics":
-            metrics = ctx.master.addons.get("metrics")
-            if metrics is None:
+            if self.metrics is None:
                 return _json(404, {"error": "metrics are not collected"})
-            return Response(200, CONTENT_TYPE_LATEST, generate_latest(metrics.registry))
+            return Response(200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry))
         return _json(404, {"error": "not found; try /healthz, /readyz or /metrics"})
 
     async def readiness(self) -> Response:
         """Ready when a token is fresh or obtainable now; 503 with the reason otherwise."""
-        gauth = ctx.master.addons.get("googleauth")
-        if gauth is None or gauth.cache is None:
+        tokens = self.tokens
+        if tokens is None or tokens.cache is None:
             return _json(503, {"status": "unavailable", "reason": "token injection is not configured"})
-        audit = ctx.master.addons.get("auditlog")
+        audit = self.audit
         if audit is not None and audit.broken:
             return _json(503, {"status": "unavailable",
                                "reason": f"the audit log cannot be written ({audit.broken})"})
-        fetch = asyncio.ensure_future(gauth.token())
+        fetch = asyncio.ensure_future(tokens.token())
         fetch.add_done_callback(lambda f: f.cancelled() or f.exception())  # outcome read even after a timeout
         try:
             token = await asyncio.wait_for(asyncio.shield(fetch), READY_WAIT)
@@ -186,4 +193,6 @@ class Admin:
         return _json(200, payload)
 
 
+# Loaded alone (-s): the admin endpoints see only themselves. The program wires them in
+# addons/composition.py.
 addons = [Admin()]

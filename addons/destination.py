@@ -31,7 +31,9 @@ from addons import hosts
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "destination"  # flow.metadata["gauth"]["destination"]
+# Its own metadata key: flow.metadata["gauth"] marks a flow the audit log records (injected hosts,
+# denials), and every request gets a destination.
+METADATA_KEY = "gauth_destination"
 
 
 class Tunnel(NamedTuple):
@@ -71,6 +73,8 @@ def split_authority(authority: str) -> tuple[str, int | None]:
 
 
 def is_ip_literal(host: str) -> bool:
+    if ":" not in host and not host[-1:].isdigit():
+        return False  # a DNS name (the common case; ip_address() raising costs ~20 µs)
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -120,7 +124,7 @@ def decide(
         mismatch = _authority_mismatch(authorities, name, port)
         if mismatch:
             return Destination(name, port, False, mismatch)
-        if is_ip_literal(name):
+        if not name or is_ip_literal(name):
             return Destination(name, port, False, "IP addresses never get tokens")
         return Destination(name, port, True)
     name, port = hosts.normalize_host(request_host), request_port
@@ -159,7 +163,7 @@ class _Refuse(layer.Layer):
 class Destinations:
     """Records CONNECT targets, refuses TLS to the proxy port, and labels each request's destination.
 
-    Must run before every addon that reads ``flow.metadata["gauth"]["destination"]``.
+    Must run before every addon that reads ``destination_of(flow)``.
     """
 
     def __init__(self) -> None:
@@ -201,12 +205,12 @@ class Destinations:
             authorities=request_authorities(flow.request),
             upstream_sni=flow.server_conn.sni if flow.server_conn.address else None,
         )
-        flow.metadata.setdefault("gauth", {})[METADATA_KEY] = destination
+        flow.metadata[METADATA_KEY] = destination
 
 
 def destination_of(flow: http.HTTPFlow) -> Destination | None:
     """The destination Destinations recorded, or None when it is not loaded (then: no token)."""
-    return flow.metadata.get("gauth", {}).get(METADATA_KEY)
+    return flow.metadata.get(METADATA_KEY)
 
 
 addons = [Destinations()]

@@ -1,30 +1,27 @@
 """Adds a cached Google access token to requests for injected hosts; nothing else is touched.
 
-Load it alone with ``mitmdump -s addons/google_auth.py --set gauth_hosts='*.googleapis.com'``.
+Load it alone with ``mitmdump -s addons/google_auth.py --set inject_host='*.googleapis.com'``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from typing import Any
 
-import google.auth
 from mitmproxy import ctx, exceptions, http
 
-from addons import hosts, redact, token_transport
+from addons import hosts, options, redact
 from addons.destination import Destinations, destination_of
 from addons.errors import error_response
 from addons.replay import REPLAY_MAX_BODY, ReplayTarget, TooLarge, replay, replay_headers
 from addons.resolve import parse_resolve_rules
-from addons.token_cache import Token, TokenCache, TokenError, credential_type, principal
+from addons.token_cache import Token, TokenCache, TokenError
+from addons.token_source import TokenSource
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOSTS = ("*.googleapis.com",)
-DEFAULT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
-CLIENT_AUTH_MODES = ("keep", "replace", "reject")
+DEFAULT_HOSTS = options.DEFAULT_INJECT_HOSTS
 
 # Requests to these obtain tokens; a bearer token there is never ours to add.
 _TOKEN_ENDPOINTS = (
@@ -34,6 +31,8 @@ _TOKEN_ENDPOINTS = (
     ("www.googleapis.com", "/oauth2/"),
     ("iamcredentials.googleapis.com", "/v1/projects/-/serviceAccounts/"),
 )
+
+
 def is_token_endpoint(host: str, path: str) -> bool:
     """Google's own token services: oauth2, sts, and iamcredentials generateAccessToken/IdToken."""
     host = hosts.normalize_host(host)
@@ -46,113 +45,54 @@ def is_token_endpoint(host: str, path: str) -> bool:
 
 
 class GoogleAuth:
-    def __init__(self) -> None:
+    """Decides which request gets a token and adds it; the token itself comes from a TokenSource."""
+
+    def __init__(self, source: TokenSource | None = None) -> None:
+        self.source = source if source is not None else TokenSource()
         self.patterns: list[hosts.HostPattern] = []
         self.client_auth = "keep"
-        self.cache: TokenCache | None = None
-        self._inflight: asyncio.Future[Token] | None = None
-        self._retry: asyncio.TimerHandle | None = None
-        self._transport: Any = None
         self._warned: set[str] = set()
 
+    @property
+    def cache(self) -> TokenCache | None:
+        return self.source.cache
+
+    @cache.setter
+    def cache(self, cache: TokenCache) -> None:  # tests swap in a cache over fake credentials
+        self.source.cache = cache
+
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "gauth_hosts", Sequence[str], list(DEFAULT_HOSTS),
-            "Hosts that get a Google token: exact names or *.suffix over whole labels.",
-        )
-        loader.add_option(
-            "gauth_scopes", Sequence[str], list(DEFAULT_SCOPES), "OAuth scopes for the token.",
-        )
-        loader.add_option(
-            "gauth_client_auth", str, "keep",
-            "What to do with a request that brings its own Authorization: keep it, replace it "
-            "with ours, or reject the request.",
-            choices=CLIENT_AUTH_MODES,
-        )
+        options.declare(loader, "inject_host", "scopes", "client_auth")
 
     def configure(self, updated: set[str]) -> None:
-        if "gauth_hosts" in updated:
+        if "inject_host" in updated:
             try:
-                self.patterns = [hosts.parse_host_pattern(p) for p in ctx.options.gauth_hosts]
+                self.patterns = [hosts.parse_host_pattern(p) for p in ctx.options.inject_host]
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
-        if "gauth_client_auth" in updated:
-            self.client_auth = ctx.options.gauth_client_auth
-        if updated & {"gauth_scopes", "upstream_resolve", "ssl_verify_upstream_trusted_ca"} or self.cache is None:
-            self._build_cache()
-
-    def _build_cache(self) -> None:
-        options = ctx.options
-        try:
-            rules = parse_resolve_rules(options.upstream_resolve if "upstream_resolve" in options else [])
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
-        ca_bundle = options.ssl_verify_upstream_trusted_ca or None
-        scopes = list(options.gauth_scopes)
-        self._transport = token_transport.make_request(rules, ca_bundle)
-
-        def load_credentials() -> Any:
-            creds, _project = google.auth.default(scopes=scopes, request=self._transport)
-            return creds
-
-        self.cache = TokenCache(load_credentials, self._transport)
-        self.cache.on_change = self._log_state
-        self._inflight = None
+        if "client_auth" in updated:
+            self.client_auth = ctx.options.client_auth
+        if updated & {"scopes", "resolve", "ssl_verify_upstream_trusted_ca"} or self.cache is None:
+            options = ctx.options
+            try:
+                rules = parse_resolve_rules(options.resolve if "resolve" in options else [])
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from e
+            self.source.configure(options.scopes, rules, options.ssl_verify_upstream_trusted_ca or None)
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
             self._warned.add(message)
             logger.warning("%s", message)
 
-    def _log_state(self, message: str) -> None:
-        assert self.cache is not None
-        creds = self.cache.credentials
-        if creds is not None and message.startswith("token available"):
-            logger.info("%s: %s credentials for %s", message, credential_type(creds), principal(creds) or "unknown principal")
-        else:
-            logger.warning("%s", message)
-
     def running(self) -> None:
-        # Warm the cache so the first request does not wait and the log names the principal early.
-        asyncio.get_running_loop().call_soon(self._start_refresh)
-
-    # -- token access without blocking the event loop ------------------------------------------------
-
-    def _start_refresh(self) -> asyncio.Future[Token]:
-        assert self.cache is not None
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.cache.refresh))
-            self._inflight.add_done_callback(_consume_exception)
-            self._inflight.add_done_callback(self._retry_without_token)
-        return self._inflight
-
-    def _retry_without_token(self, future: asyncio.Future[Token]) -> None:
-        """With no token at all, keep trying in the background (a metadata server still coming
-        up, an outage), at the cache's backoff pace, so the first request after recovery works."""
-        if future.cancelled() or future.exception() is None or self.cache is None:
-            return
-        if self.cache.current() is None and (self._retry is None or self._retry.cancelled()):
-            def retry() -> None:
-                self._retry = None
-                self._start_refresh()
-
-            self._retry = asyncio.get_running_loop().call_later(max(0.05, self.cache.retry_in()), retry)
+        self.source.start()
 
     def done(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
+        self.source.close()
 
     async def token(self) -> Token:
-        """A valid token; serves the cached one while a refresh runs in the background."""
-        assert self.cache is not None
-        token = self.cache.current()
-        if token is not None:
-            if self.cache.refresh_due() and not self.cache.in_backoff():
-                self._start_refresh()
-            return token
-        if self.cache.in_backoff():
-            raise self.cache.failure()  # a fresh exception each time: no traceback grows
-        return await asyncio.shield(self._start_refresh())
+        return await self.source.token()
 
     # -- hooks ---------------------------------------------------------------------------------------
 
@@ -220,7 +160,7 @@ class GoogleAuth:
                 flow.request.headers[name] = value
         meta["auth"] = "injected"
         meta["token_id"] = token.fingerprint
-        meta["principal"] = principal(self.cache.credentials if self.cache else None)
+        meta["principal"] = self.source.principal
         if "x-goog-user-project" in flow.request.headers:
             meta["quota_project"] = flow.request.headers["x-goog-user-project"]
 
@@ -236,7 +176,7 @@ class GoogleAuth:
         meta["retried"] = True
         # Only the token we injected, and only while it is the current one: a 401 cannot make
         # the cache drop a token it has already replaced.
-        self.cache.invalidate(flow.request.headers.get("authorization", "").removeprefix("Bearer ").strip())
+        self.source.invalidate(flow.request.headers.get("authorization", "").removeprefix("Bearer ").strip())
         try:
             token = await self.token()
         except TokenError as e:
@@ -253,8 +193,8 @@ class GoogleAuth:
                 replay_headers(flow.request.headers.items(multi=True), token.headers, target),
                 flow.request.raw_content or b"",
                 ca_bundle=options.ssl_verify_upstream_trusted_ca or None,
-                connect_timeout=_option(options, "limits_connect_timeout", 10.0),
-                read_timeout=_option(options, "limits_read_timeout", 120.0),
+                connect_timeout=_option(options, "connect_timeout", 10.0),
+                read_timeout=_option(options, "read_timeout", 120.0),
             )
         except TooLarge:
             logger.warning("retry after 401 not buffered (answer too large); the client gets the 401")
@@ -291,11 +231,6 @@ class GoogleAuth:
 
 def _option(options: Any, name: str, default: float) -> float:
     return float(getattr(options, name)) if name in options else default
-
-
-def _consume_exception(future: asyncio.Future[Token]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 addons = [Destinations(), GoogleAuth()]  # -s loads both: no token without a known destination

@@ -2,7 +2,7 @@
 
 Runs after every address override (``--resolve``), on what a name resolves to, and pins the
 connection to the address it checked; a name it cannot resolve is refused, not handed back for
-a second, unchecked lookup. Shares ``policy_allow_metadata`` with Policy.
+a second, unchecked lookup. Shares ``allow_metadata`` with Policy.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 class MetadataGuard:
     """Checks the address a connection is about to go to, after every address override.
 
-    Listed after Resolve in ``default_addons()``; shares ``policy_allow_metadata`` with Policy.
+    Listed after Resolve in ``default_addons()``; shares ``allow_metadata`` with Policy.
     """
 
     def __init__(self, resolver: Resolver = system_resolver) -> None:
@@ -28,7 +28,7 @@ class MetadataGuard:
 
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
-        if server.address is None or server.error or ctx.options.policy_allow_metadata:
+        if server.address is None or server.error or ctx.options.allow_metadata:
             return
         host, port = server.address[0], server.address[1]
         outcome = await pin_address(host, port, self.resolver)

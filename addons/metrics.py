@@ -3,7 +3,7 @@
 Counts what the audit log records (same requests), plus token cache state and client connections.
 Every label value comes from a fixed, small set, never from what a client sent: a client that
 picks a fresh host per request (each 407 is counted) must not grow memory or /metrics. ``host``
-is the ``gauth_hosts`` pattern the host matched (``*.googleapis.com``) or ``other``; ``service``
+is the ``inject_host`` pattern the host matched (``*.googleapis.com``) or ``other``; ``service``
 a service addons/google_api.py recognises or ``other``; ``status`` a code 100-599, ``error`` (no
 response) or ``other``; ``auth`` our own outcome words; never a path.
 """
@@ -20,7 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from addons import google_api, hosts
-from addons.audit_log import audit_record, count_request_stream, count_response_stream
+from addons.audit_log import AuditLog, audit_record, count_request_stream, count_response_stream
+from addons.token_source import TokenSource
 
 PREFIX = "gcp_auth_proxy"
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -71,7 +72,13 @@ class _TokenCollector(Collector):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """Counts requests, bytes and connections; reads token state and audit health from the
+    components it is given (loaded alone with ``-s``: no token figures, the audit log counts as
+    writable)."""
+
+    def __init__(self, tokens: TokenSource | None = None, audit: AuditLog | None = None) -> None:
+        self.tokens = tokens
+        self.audit = audit
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_requests", "Requests to injected hosts, by outcome.",
@@ -98,20 +105,18 @@ class Metrics:
         self.patterns: list[hosts.HostPattern] = []
 
     def configure(self, updated: set[str]) -> None:
-        # gauth_hosts belongs to GoogleAuth; loaded alone (mitmdump -s) every host is "other".
-        if "gauth_hosts" in updated and "gauth_hosts" in ctx.options:
+        # inject_host belongs to GoogleAuth; loaded alone (mitmdump -s) every host is "other".
+        if "inject_host" in updated and "inject_host" in ctx.options:
             try:
-                self.patterns = [hosts.parse_host_pattern(p) for p in ctx.options.gauth_hosts]
+                self.patterns = [hosts.parse_host_pattern(p) for p in ctx.options.inject_host]
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
 
     def token_cache(self) -> Any:
-        gauth = ctx.master.addons.get("googleauth") if getattr(ctx, "master", None) else None
-        return getattr(gauth, "cache", None)
+        return self.tokens.cache if self.tokens is not None else None
 
     def _audit_writable(self) -> float:
-        audit = ctx.master.addons.get("auditlog") if getattr(ctx, "master", None) else None
-        return 0.0 if audit is not None and audit.broken else 1.0
+        return 0.0 if self.audit is not None and self.audit.broken else 1.0
 
     # -- hooks ---------------------------------------------------------------------------------------
 

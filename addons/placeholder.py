@@ -31,6 +31,8 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
+from addons import options
+
 MIN_PLACEHOLDER_LENGTH = 32  # a short placeholder could be guessed or collide with a real token
 # Every placeholder `run` hands out starts with this. Tools cache tokens across runs (gsutil keeps
 # them in ~/.gsutil), so a placeholder from an earlier run is stripped too: it is worthless, and
@@ -101,12 +103,7 @@ class PlaceholderAuth:
         self.placeholders: list[bytes] = []
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "placeholder_tokens", Sequence[str], [],
-            "Placeholder bearer tokens to remove from requests (given to `run` children instead of "
-            "real credentials); an injected host then gets the real token. A header or query parameter "
-            f"holding one, or {PLACEHOLDER_PREFIX!r} in any case or base64-encoded, is removed.",
-        )
+        options.declare(loader, "placeholder_tokens")
 
     def configure(self, updated: set[str]) -> None:
         if "placeholder_tokens" in updated:

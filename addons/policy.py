@@ -7,12 +7,11 @@ so link-local addresses and metadata host names are refused unless explicitly al
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from addons import hosts
+from addons import hosts, options
 from addons.destination import destination_of
 from addons.errors import error_response
 from addons.metadata import is_metadata_host, parse_ip, system_resolver
@@ -29,22 +28,14 @@ class Policy:
         self.allowed: list[hosts.HostPattern] = []
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "policy_allow_metadata", bool, False,
-            "Let clients reach the GCE metadata server (169.254.169.254, metadata.google.internal) "
-            "through the proxy. Off: a credential broker must not hand out the node's own identity.",
-        )
-        loader.add_option(
-            "policy_allow_hosts", Sequence[str], [],
-            "If set, only these hosts (exact or *.suffix) may be reached at all; others get 403.",
-        )
+        options.declare(loader, "allow_metadata", "allow_host")
 
     def configure(self, updated: set[str]) -> None:
-        if "policy_allow_metadata" in updated:
-            self.allow_metadata = ctx.options.policy_allow_metadata
-        if "policy_allow_hosts" in updated:
+        if "allow_metadata" in updated:
+            self.allow_metadata = ctx.options.allow_metadata
+        if "allow_host" in updated:
             try:
-                self.allowed = [hosts.parse_host_pattern(p) for p in ctx.options.policy_allow_hosts]
+                self.allowed = [hosts.parse_host_pattern(p) for p in ctx.options.allow_host]
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
 

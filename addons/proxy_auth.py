@@ -47,6 +47,8 @@ from typing import Any, NamedTuple
 import bcrypt
 from mitmproxy import connection, ctx, exceptions, http
 
+from addons import options
+
 MAX_USER_FAILURES = 10  # per supplied user name per window
 MAX_TOTAL_FAILURES = 100  # failed password checks per window, all names together
 FAILURE_WINDOW = 60.0
@@ -256,10 +258,7 @@ class ProxyAuth:
         self._verified_names: Counter[bytes] = Counter()
 
     def load(self, loader: Any) -> None:
-        loader.add_option(
-            "proxy_auth", str, "",
-            "Require proxy authentication: USER:PASS or @htpasswd-file (bcrypt or {SHA} entries). Empty: off.",
-        )
+        options.declare(loader, "proxy_auth")
 
     def configure(self, updated: set[str]) -> None:
         if "proxy_auth" in updated:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import server_hooks
 
-from addons import hosts
+from addons import hosts, options
 
 logger = logging.getLogger(__name__)
 
@@ -83,20 +83,13 @@ class Resolve:
     def __init__(self) -> None:
         self.rules: list[ResolveRule] = []
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "upstream_resolve",
-            Sequence[str],
-            [],
-            "Connect upstream for hosts matching PATTERN to ADDR[:PORT] instead of resolving them, "
-            "keeping SNI, certificate checks and Host on the original name: PATTERN=ADDR[:PORT]. "
-            "Exact names and *.suffix patterns; the most specific wins.",
-        )
+    def load(self, loader: Any) -> None:
+        options.declare(loader, "resolve")
 
     def configure(self, updated: set[str]) -> None:
-        if "upstream_resolve" in updated:
+        if "resolve" in updated:
             try:
-                self.rules = parse_resolve_rules(ctx.options.upstream_resolve)
+                self.rules = parse_resolve_rules(ctx.options.resolve)
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
 

@@ -143,8 +143,8 @@ def start_mitmdump(fake: Proc, workdir: Path) -> Proc:
         "--set", f"confdir={confdir}",
         "--set", f"ssl_verify_upstream_trusted_ca={upstream_bundle(fake, workdir)}",
         "-s", str(ROOT / "addons" / "resolve.py"),
-        "--set", f"upstream_resolve=*.googleapis.com={fake.info['googleapis']}",
-        "--set", f"upstream_resolve=*.example.test={fake.info['other']}",
+        "--set", f"resolve=*.googleapis.com={fake.info['googleapis']}",
+        "--set", f"resolve=*.example.test={fake.info['other']}",
     ]
     proc = _spawn("mitmdump", argv, clean_env(), workdir / "mitmdump.log")
     wait_listening(proc, port)

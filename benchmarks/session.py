@@ -29,10 +29,9 @@ MODES: dict[str, str] = {
     "c": "client -> gcp-auth-proxy (injection, audit log)",
     "d": "client -> gcp-auth-proxy, CONNECT tunnel (not intercepted)",
     "cO": "client -> gcp-auth-proxy under python -O",
-    "cL": "client -> gcp-auth-proxy, lean addons (Resolve, GoogleAuth, AuditLog)",
-    "cLO": "client -> gcp-auth-proxy, lean addons, python -O",
+    "cS": "client -> gcp-auth-proxy, separate addons, mitmproxy's dispatcher (no pipeline)",
 }
-LEAN = ("benchmarks.lean_proxy", "Resolve,GoogleAuth,AuditLog", "--")
+SEPARATE = ("benchmarks.separate_addons",)
 
 
 @dataclass
@@ -74,11 +73,9 @@ class Session:
             self.proxies["d"] = self.proxies["c"]
         if "cO" in modes:
             self.proxies["cO"] = procs.start_gap(self.fake, self.workdir, "gcp-auth-proxy-O", python_flags=("-O",))
-        if "cL" in modes:
-            self.proxies["cL"] = procs.start_gap(self.fake, self.workdir, "gcp-auth-proxy-lean", module=LEAN)
-        if "cLO" in modes:
-            self.proxies["cLO"] = procs.start_gap(self.fake, self.workdir, "gcp-auth-proxy-lean-O",
-                                                 python_flags=("-O",), module=LEAN)
+        if "cS" in modes:
+            self.proxies["cS"] = procs.start_gap(self.fake, self.workdir, "gcp-auth-proxy-separate",
+                                                python_flags=self.config.proxy_python_flags, module=SEPARATE)
 
     def stop(self) -> None:
         for p in {id(p): p for p in self.proxies.values()}.values():
@@ -158,7 +155,7 @@ class Session:
         """Cost of a fresh TCP+TLS connection per request (CONNECT + two handshakes through a proxy)."""
         cfg = self.config
         runs = []
-        modes = [m for m in ("a", "b", "c", "cO", "cL", "cLO") if m in cfg.modes]
+        modes = [m for m in ("a", "b", "c", "cO", "cS") if m in cfg.modes]
         for rnd in range(cfg.rounds):
             for mode in modes[rnd % len(modes):] + modes[:rnd % len(modes)]:
                 res = self.load(mode, self.spec(mode, concurrency=1, duration=cfg.new_conn_duration,

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from addons.options import BY_NAME, Option
 from proxy import runcmd, wrap
 from proxy import settings as settings_mod
 from proxy.errors import ExitStatus, ProxyError
@@ -24,47 +25,56 @@ DEMO_NEEDS = ("fakegoogle", "hypercorn", "trustme", "google_crc32c", "google.clo
 DEMO_CLEANUP_TIMEOUT = 30.0
 
 
+_GROUPS = {
+    "proxy": "proxy options (also GCP_AUTH_PROXY_<NAME> environment variables)",
+    "hardening": "hardening (docs/security.md; 0 turns a timeout off)",
+}
+
+
+def _show_default(option: Option) -> str:
+    if option.kind == "bool":
+        return "off"
+    if option.kind == "list":
+        return ", ".join(option.default) or ("any host" if option.name == "allow_host" else "none")
+    if option.name == "confdir":
+        return "~/.config/gcp-auth-proxy"
+    return str(option.default) if option.default not in ("", None) else "off"
+
+
+def add_option_flag(group: Any, option: Option) -> None:
+    """One argparse flag from the option table; ``dest`` is the option's name."""
+    flags = [option.short, option.flag] if option.short else [option.flag]
+    text = f"{option.help} (default: {_show_default(option)})"
+    if option.kind == "list":
+        group.add_argument(*flags, dest=option.name, action="append", metavar=option.metavar, help=text)
+    elif option.kind == "bool":
+        group.add_argument(*flags, dest=option.name, action="store_const", const=True, help=text)
+    else:
+        group.add_argument(*flags, dest=option.name, metavar=option.metavar, choices=option.choices, help=text)
+
+
 def _serve_options() -> argparse.ArgumentParser:
-    """Options shared by every command that starts a proxy; each has a GCP_AUTH_PROXY_<NAME> variable."""
+    """Options shared by every command that starts a proxy, all from addons/options.py."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("proxy options (also GCP_AUTH_PROXY_<NAME> environment variables)")
-    g.add_argument("--listen", metavar="HOST:PORT",
-                   help=f"address to listen on (default {settings_mod.DEFAULT_LISTEN}); "
-                        "a non-loopback address needs --proxy-auth")
-    g.add_argument("--proxy-auth", metavar="USER:PASS|@FILE",
-                   help="require proxy authentication (Basic); @FILE reads an htpasswd file")
-    g.add_argument("--confdir", metavar="DIR",
-                   help="where the proxy CA lives (default: the user config dir, e.g. ~/.config/gcp-auth-proxy)")
-    g.add_argument("--inject-host", action="append", metavar="PATTERN",
-                   help="hosts that get a token, exact or *.suffix (repeatable; default *.googleapis.com)")
-    g.add_argument("--scopes", action="append", metavar="SCOPE",
-                   help="OAuth scopes (repeatable or comma-separated; default cloud-platform)")
-    g.add_argument("--resolve", action="append", metavar="PATTERN=ADDR[:PORT]",
-                   help="connect upstream for matching hosts to ADDR:PORT, keeping SNI and Host (repeatable)")
-    g.add_argument("--upstream-ca", metavar="FILE",
-                   help="trust this CA bundle in addition to the public roots for upstream TLS")
-    g.add_argument("--audit-log", metavar="PATH", help="append one JSON line per Google API call ('-': stdout)")
-    g.add_argument("--admin-listen", metavar="HOST:PORT",
-                   help="serve /healthz, /readyz and /metrics here (off by default; loopback unless --proxy-auth)")
-    g.add_argument("--client-auth", choices=("keep", "replace", "reject"),
-                   help="a request that brings its own Authorization: keep it (default), replace it, or reject it")
-    g.add_argument("--allow-metadata", action="store_const", const=True,
-                   help="let clients reach the GCE metadata server through the proxy (off by default)")
-    g.add_argument("--log-file", metavar="PATH", help="write operational logs here instead of stderr")
-    g.add_argument("--log-format", choices=("text", "json"), help="operational log format (default text)")
-    g.add_argument("-v", "--verbose", action="store_const", const=True, help="debug logging")
-    h = p.add_argument_group("hardening (docs/security.md; 0 turns a timeout off)")
-    h.add_argument("--allow-host", action="append", metavar="PATTERN",
-                   help="only these hosts may be reached at all, exact or *.suffix (repeatable; default: any)")
-    h.add_argument("--max-connections", metavar="N", help="client connections open at once (default 256)")
-    h.add_argument("--max-header-size", metavar="BYTES", help="largest request head, e.g. 64k (default 64k)")
-    h.add_argument("--header-timeout", metavar="S", help="seconds for a request head to arrive (default 30)")
-    h.add_argument("--idle-timeout", metavar="S", help="close connections idle this long (default 600)")
-    h.add_argument("--connect-timeout", metavar="S", help="seconds to connect upstream (default 10)")
-    h.add_argument("--read-timeout", metavar="S", help="seconds for an upstream to start answering (default 300)")
-    h.add_argument("--shutdown-grace", metavar="S",
-                   help="on SIGTERM, seconds to let requests in flight finish (default 10)")
+    groups = {name: p.add_argument_group(title) for name, title in _GROUPS.items()}
+    for option in settings_mod.USER_OPTIONS:
+        if option.commands & {"serve", "run", "env"}:
+            add_option_flag(groups[option.group], option)
     return p
+
+
+def options_markdown() -> str:
+    """The README's option table, generated from the same list as the flags (a test compares)."""
+    rows = ["| option | environment variable | default | meaning |", "|---|---|---|---|"]
+    for option in settings_mod.USER_OPTIONS:
+        flag = f"`{option.short}`, `{option.flag}`" if option.short else f"`{option.flag}`"
+        if option.choices:
+            flag = f"`{option.flag} {'|'.join(option.choices)}`"
+        elif option.metavar:
+            flag = f"`{option.flag} {option.metavar}`"
+        cells = [flag, f"`{option.env}`", f"`{_show_default(option)}`", option.help]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("serve", parents=[common], help="run the proxy in the foreground")
     ca = sub.add_parser("ca", help="print the path of the proxy CA certificate (creating it if needed)")
-    ca.add_argument("--confdir", metavar="DIR")
+    add_option_flag(ca, BY_NAME["confdir"])
     demo = sub.add_parser("demo", help="run a demo against a local fake Google (no account needed)")
     demo.add_argument("--keep", action="store_true", help="keep the demo's temporary directory")
     runcmd.add_parsers(sub, common)
@@ -102,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce(addresses: list[tuple[str, int]]) -> None:
         listen = ", ".join(f"{h}:{p}" for h, p in addresses)
         logger.info("listening on %s; CA certificate %s; injecting tokens for %s; audit log %s",
-                    listen, settings.confdir / "mitmproxy-ca-cert.pem", ", ".join(settings.inject_hosts),
+                    listen, settings.confdir / "mitmproxy-ca-cert.pem", ", ".join(settings.inject_host),
                     settings.audit_log or "off")
 
     asyncio.run(embed.run_proxy(settings, on_ready=announce))

@@ -16,10 +16,12 @@ from typing import Any
 from mitmproxy import ctx, log, master, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 
-from addons import default_addons, hosts
-from proxy import trust
+from addons import composition, hosts, http1_patch
+from addons.composition import Components
+from addons.pipeline import Pipeline
+from proxy import dispatch, trust
 from proxy.errors import ExitStatus, ProxyError
-from proxy.settings import Settings
+from proxy.settings import USER_OPTIONS, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +29,23 @@ Address = tuple[str, int]
 # Bodies above this stream through (flat memory); smaller ones are buffered, so a request whose
 # token was rejected (401) can be replayed once with a fresh token.
 STREAM_THRESHOLD = "1m"
+# Our components run as one mitmproxy addon (addons/pipeline.py) under a dispatcher that calls
+# only the addons implementing a hook (proxy/dispatch.py). benchmarks/separate_addons.py turns
+# both off to measure the design without them.
+USE_PIPELINE = True
+USE_FAST_DISPATCH = True
 
 
 def mitmproxy_options(settings: Settings, upstream_bundle: Path | None) -> dict[str, Any]:
-    """Settings -> mitmproxy option values (ours and mitmproxy's own)."""
-    patterns = [hosts.parse_host_pattern(p) for p in settings.inject_hosts]
+    """Settings -> mitmproxy option values. Every name must exist (run_proxy checks).
+
+    Our addons' options carry the setting's own name and value (addons/options.py); the
+    program-only settings become mitmproxy's own options here.
+    """
+    patterns = [hosts.parse_host_pattern(p) for p in settings.inject_host]
+    ours = {o.name: _option_value(getattr(settings, o.name)) for o in USER_OPTIONS if o.addon}
+    if not settings.admin_listen:
+        del ours["admin_listen"]  # Admin is not loaded then (see run_proxy)
     return {
         "listen_host": settings.listen_host,
         "listen_port": settings.listen_port,
@@ -40,46 +54,27 @@ def mitmproxy_options(settings: Settings, upstream_bundle: Path | None) -> dict[
         "allow_hosts": [hosts.allow_hosts_regex(p) for p in patterns],
         "ssl_verify_upstream_trusted_ca": str(upstream_bundle) if upstream_bundle else None,
         "stream_large_bodies": STREAM_THRESHOLD,
-        "proxy_auth": settings.proxy_auth or "",
-        "policy_allow_metadata": settings.allow_metadata,
-        "upstream_resolve": list(settings.resolve),
-        "gauth_hosts": list(settings.inject_hosts),
-        "gauth_scopes": list(settings.scopes),
-        "gauth_client_auth": settings.client_auth,
-        "audit_log": settings.audit_log or "",
-        "admin_listen": settings.admin_listen or "",
-        "policy_allow_hosts": list(settings.allow_hosts),
         "tcp_timeout": max(1, round(settings.idle_timeout)),
-        "limits_max_connections": settings.max_connections,
-        "limits_max_header_size": settings.max_header_size,
-        "limits_header_timeout": settings.header_timeout,
-        "limits_connect_timeout": settings.connect_timeout,
-        "limits_read_timeout": settings.read_timeout,
+        **ours,
     }
 
 
-def mitmproxy_addons() -> list[Any]:
-    """mitmproxy's own addons we need, then ours (see addons.default_addons for their order)."""
-    return [
-        core.Core(),
-        proxyserver.Proxyserver(),
-        next_layer.NextLayer(),
-        tlsconfig.TlsConfig(),
-    ]
+def _option_value(value: Any) -> Any:
+    """A Settings value as mitmproxy takes it: lists for tuples, "" for unset strings."""
+    if isinstance(value, tuple):
+        return list(value)
+    return "" if value is None else value
 
 
-def selected_addons(settings: Settings) -> list[Any]:
-    """Our addons minus the ones this configuration leaves idle.
+def mitmproxy_addons(server: proxyserver.Proxyserver) -> list[Any]:
+    """mitmproxy's own addons we need (ours follow, see ``Components.ordered``)."""
+    return [core.Core(), server, next_layer.NextLayer(), tlsconfig.TlsConfig()]
 
-    mitmproxy dispatches every hook to every addon that defines it, so an idle addon still costs
-    CPU on every request (measured: 13 -> 7 addons saves 8-30 % of proxy CPU per request).
-    """
-    idle: set[str] = set()
-    # ProxyAuth stays loaded even without --proxy-auth: it strips Proxy-Authorization from every
-    # request, which must never reach an upstream.
-    if not settings.admin_listen:
-        idle |= {"Metrics", "Admin"}
-    return [a for a in default_addons() if type(a).__name__ not in idle]
+
+def our_addons(components: Components) -> list[Any]:
+    """Our components as mitmproxy sees them: one pipeline addon, or (to measure) one each."""
+    ordered = components.ordered()
+    return [Pipeline(ordered)] if USE_PIPELINE else ordered
 
 
 class _Startup(log.MitmLogHandler):
@@ -96,15 +91,16 @@ class _Startup(log.MitmLogHandler):
 class _Ready:
     """Reports the real listen addresses once mitmproxy is serving (port 0 becomes a number)."""
 
-    def __init__(self, on_ready: Callable[[list[Address]], None] | None, startup: _Startup) -> None:
+    def __init__(self, on_ready: Callable[[list[Address]], None] | None, startup: _Startup,
+                 server: proxyserver.Proxyserver) -> None:
         self.on_ready = on_ready
         self.startup = startup
+        self.server = server
         self.addresses: list[Address] = []
         self.failure: str | None = None
 
     def running(self) -> None:
-        server = ctx.master.addons.get("proxyserver")
-        self.addresses = [(a[0], a[1]) for a in server.listen_addrs()]
+        self.addresses = [(a[0], a[1]) for a in self.server.listen_addrs()]
         self.startup.uninstall()
         if not self.addresses:
             self.failure = "; ".join(self.startup.errors) or "the proxy did not start listening"
@@ -127,19 +123,28 @@ async def run_proxy(
     Raises:
         ProxyError: when the proxy cannot start (bad option, port in use).
     """
+    http1_patch.install()  # issue 11: head-size cap and JSON error pages; idempotent, before any master
     ca_cert = trust.ensure_ca(settings.confdir)
     upstream = trust.upstream_bundle(settings.confdir, settings.upstream_ca)
     startup = _Startup()
     startup.install()
     opts = options.Options()
     m = master.Master(opts, event_loop=asyncio.get_running_loop())
-    ready = _Ready(on_ready, startup)
-    m.addons.add(*mitmproxy_addons(), *selected_addons(settings), ready)
+    if USE_FAST_DISPATCH:
+        dispatch.install(m)
+    server = proxyserver.Proxyserver()
+    # Metrics and admin only cost hook calls when nothing serves them.
+    components = composition.build(observability=bool(settings.admin_listen), proxyserver=server)
+    ready = _Ready(on_ready, startup, server)
+    m.addons.add(*mitmproxy_addons(server), *our_addons(components), ready)
+    # extra_options: per-run values that are not settings (e.g. `run`'s placeholder tokens).
     values = {**mitmproxy_options(settings, upstream), **(extra_options or {})}
+    unknown = sorted(k for k in values if k not in opts)
+    if unknown:  # a misspelt name must not quietly switch a feature (say, the audit log) off
+        startup.uninstall()
+        raise ProxyError(f"internal error: unknown mitmproxy option(s) {', '.join(unknown)}", ExitStatus.SOFTWARE)
     try:
-        # extra_options: per-run values that are not settings (e.g. `run`'s placeholder tokens).
-        # Options of addons left out by selected_addons() do not exist: their values are unset.
-        opts.update(**{k: v for k, v in values.items() if k in opts})
+        opts.update(**values)
     except Exception as e:  # noqa: BLE001 - OptionsError and friends from an addon's configure()
         startup.uninstall()
         raise ProxyError(f"invalid configuration: {e}") from None
@@ -150,9 +155,9 @@ async def run_proxy(
         # First signal drains for --shutdown-grace seconds, a second one exits at once.
         from proxy.shutdown import GracefulShutdown
 
-        GracefulShutdown(m, settings.shutdown_grace).install(loop)
+        GracefulShutdown(m, settings.shutdown_grace, server, components.limits).install(loop)
         if hasattr(signal, "SIGHUP"):
-            loop.add_signal_handler(signal.SIGHUP, _reopen_logs, m)
+            loop.add_signal_handler(signal.SIGHUP, _reopen_logs, components)
     if started is not None:
         started(m)
     try:
@@ -166,8 +171,6 @@ async def run_proxy(
         raise ProxyError(f"cannot start the proxy: {ready.failure}", ExitStatus.UNAVAILABLE)
 
 
-def _reopen_logs(m: master.Master) -> None:
-    audit = m.addons.get("auditlog")
-    if audit is not None:
-        audit.reopen()
+def _reopen_logs(components: Components) -> None:
+    if components.audit_log.reopen():  # a refusal already logged why, and traffic stays refused
         logger.info("reopened the audit log")

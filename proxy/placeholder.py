@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from addons import options
 from addons.placeholder import PLACEHOLDER_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ PLACEHOLDER_EMAIL = "placeholder@gcp-auth-proxy.invalid"
 PLACEHOLDER_LIFETIME = 3599  # clients re-ask about hourly and get the same placeholder again
 ROOT = "/computeMetadata/v1/"
 SA_PREFIX = "instance/service-accounts/"
-DEFAULT_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+DEFAULT_SCOPES = options.DEFAULT_SCOPES
 _FLAVOR = ("Metadata-Flavor", "Google")
 _MAX_HEAD = 16 * 1024
 _PROJECT_VARIABLES = ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GCLOUD_PROJECT")

@@ -37,8 +37,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _given_proxy_options(args: argparse.Namespace) -> list[str]:
-    names = settings_mod._FIELDS  # the serve options, one per Settings field
-    return sorted(f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) not in (None, []))
+    return sorted(o.flag for o in settings_mod.USER_OPTIONS if getattr(args, o.name, None) not in (None, []))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -16,113 +16,117 @@ from typing import Any
 import platformdirs
 
 from addons import hosts
-from addons.google_auth import CLIENT_AUTH_MODES, DEFAULT_HOSTS, DEFAULT_SCOPES
+from addons.options import BY_NAME, CLIENT_AUTH_MODES, LOG_FORMATS, OPTIONS, Option
 from addons.proxy_auth import parse_proxy_auth
 from addons.resolve import parse_resolve_rule
 from proxy.errors import ProxyError
 
-ENV_PREFIX = "GCP_AUTH_PROXY_"
-DEFAULT_LISTEN = "127.0.0.1:8080"
-LOG_FORMATS = ("text", "json")
+DEFAULT_LISTEN = BY_NAME["listen"].default
 
 
 def default_confdir() -> Path:
     return Path(platformdirs.user_config_dir("gcp-auth-proxy"))
 
 
+def _default(name: str) -> Any:
+    value = BY_NAME[name].default
+    return tuple(value) if isinstance(value, list) else value
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything the proxy needs to run, already validated."""
+    """Everything the proxy needs to run, already validated. Fields are the option names
+    (addons/options.py; a test keeps them equal); help for each is in that table."""
 
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 8080
-    proxy_auth: str | None = None  # USER:PASS or @htpasswd-file; required off loopback
+    listen: str = _default("listen")
+    proxy_auth: str | None = None  # required off loopback
     confdir: Path = field(default_factory=default_confdir)
-    inject_hosts: tuple[str, ...] = DEFAULT_HOSTS
-    scopes: tuple[str, ...] = DEFAULT_SCOPES
-    resolve: tuple[str, ...] = ()  # PATTERN=ADDR[:PORT], applies to every upstream connection
-    upstream_ca: Path | None = None  # trusted in addition to the public roots
-    audit_log: str | None = None  # path or "-"
-    admin_listen: str | None = None  # HOST:PORT for /healthz, /readyz, /metrics; off when None
-    client_auth: str = "keep"
+    inject_host: tuple[str, ...] = _default("inject_host")
+    scopes: tuple[str, ...] = _default("scopes")
+    resolve: tuple[str, ...] = ()
+    upstream_ca: Path | None = None
+    audit_log: str | None = None
+    admin_listen: str | None = None
+    client_auth: str = _default("client_auth")
     allow_metadata: bool = False
     log_file: str | None = None
-    log_format: str = "text"
+    log_format: str = _default("log_format")
     verbose: bool = False
-    # Hardening (docs/security.md): reachable hosts, connection limits and timeouts (seconds).
-    allow_hosts: tuple[str, ...] = ()  # if set, only these hosts may be reached at all
-    max_connections: int = 256
-    max_header_size: int = 64 * 1024
-    header_timeout: float = 30.0
-    idle_timeout: float = 600.0
-    connect_timeout: float = 10.0
-    read_timeout: float = 300.0
-    shutdown_grace: float = 10.0
+    allow_host: tuple[str, ...] = ()
+    max_connections: int = _default("max_connections")
+    max_header_size: int = _default("max_header_size")
+    header_timeout: float = _default("header_timeout")
+    idle_timeout: float = _default("idle_timeout")
+    connect_timeout: float = _default("connect_timeout")
+    read_timeout: float = _default("read_timeout")
+    shutdown_grace: float = _default("shutdown_grace")
 
     @property
-    def listen(self) -> str:
-        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"{host}:{self.listen_port}"
+    def listen_host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return parse_listen(self.listen)[1]
 
 
-# name -> (kind, default). "list" values come from repeated flags or comma-separated env values.
-_FIELDS: dict[str, str] = {
-    "listen": "str",
-    "proxy_auth": "str",
-    "confdir": "str",
-    "inject_host": "list",
-    "scopes": "list",
-    "resolve": "list",
-    "upstream_ca": "str",
-    "audit_log": "str",
-    "admin_listen": "str",
-    "client_auth": "str",
-    "allow_metadata": "bool",
-    "log_file": "str",
-    "log_format": "str",
-    "verbose": "bool",
-    "allow_host": "list",
-    "max_connections": "str",
-    "max_header_size": "str",
-    "header_timeout": "str",
-    "idle_timeout": "str",
-    "connect_timeout": "str",
-    "read_timeout": "str",
-    "shutdown_grace": "str",
-}
+# The options a user sets (flags, environment); placeholder_tokens is set by `run` itself.
+USER_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.commands)
 
 
 def env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
+    return BY_NAME[name].env
 
 
-def _from_env(name: str, kind: str, environ: Mapping[str, str]) -> Any:
-    raw = environ.get(env_name(name))
+def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
+    raw = environ.get(option.env)
     if raw is None or raw == "":
         return None
-    if kind == "list":
+    if option.kind == "list":
         return [part.strip() for part in raw.split(",") if part.strip()]
-    if kind == "bool":
+    if option.kind == "bool":
         value = raw.strip().lower()
         if value in ("1", "true", "yes", "on"):
             return True
         if value in ("0", "false", "no", "off"):
             return False
-        raise ProxyError(f"{env_name(name)}={raw!r} is not a boolean (use true or false)")
+        raise ProxyError(f"{option.env}={raw!r} is not a boolean (use true or false)")
     return raw
 
 
 def from_sources(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
-    """Merge flags (None = not given) over environment over defaults, then validate."""
+    """Merge flags (None = not given) over environment over defaults, then validate.
+
+    Raises:
+        ProxyError: for an unknown option name (a programming error: names come from the table)
+            or an invalid value.
+    """
     environ = os.environ if environ is None else environ
+    unknown = sorted(set(flags) - set(BY_NAME) - _NOT_OPTIONS)
+    if unknown:
+        raise ProxyError(f"unknown option(s): {', '.join(unknown)}")
+    known = {o.env for o in USER_OPTIONS} | _OTHER_VARIABLES
+    stray = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    if stray:  # GCP_AUTH_PROXY_INJECT_HOSTS=... must not be silently ignored
+        raise ProxyError(f"unknown variable {stray[0]}: the options are "
+                         f"{', '.join(o.env for o in USER_OPTIONS)}")
     merged: dict[str, Any] = {}
-    for name, kind in _FIELDS.items():
-        value = flags.get(name)
-        if value is None or (kind == "list" and not value):
-            value = _from_env(name, kind, environ)
+    for option in USER_OPTIONS:
+        value = flags.get(option.name)
+        if value is None or (option.kind == "list" and not value):
+            value = _from_env(option, environ)
         if value is not None:
-            merged[name] = value
+            merged[option.name] = value
     return validate(merged)
+
+
+ENV_PREFIX = "GCP_AUTH_PROXY_"
+# Variables with our prefix that are not options: the marker `run` gives its child.
+_OTHER_VARIABLES = frozenset({"GCP_AUTH_PROXY_RUN"})
+
+# argparse attributes that are not settings: the subcommand and per-command arguments.
+_NOT_OPTIONS = frozenset({"command", "argv", "placeholder", "format", "keep", "audit_command", "path",
+                          "json", "top"})
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -145,7 +149,8 @@ def is_loopback(host: str) -> bool:
 
 def validate(values: Mapping[str, Any]) -> Settings:
     """Build Settings from raw values; every error names the flag and says what to do."""
-    host, port = parse_listen(values.get("listen", DEFAULT_LISTEN))
+    listen = values.get("listen", DEFAULT_LISTEN)
+    host, port = parse_listen(listen)
     proxy_auth = values.get("proxy_auth") or None
     if proxy_auth:
         try:
@@ -158,13 +163,13 @@ def validate(values: Mapping[str, Any]) -> Settings:
             "Google credentials to anyone who can reach it"
         )
 
-    inject = tuple(values.get("inject_host") or DEFAULT_HOSTS)
+    inject = tuple(values.get("inject_host") or _default("inject_host"))
     for pattern in inject:
         try:
             hosts.parse_host_pattern(pattern)
         except ValueError as e:
             raise ProxyError(f"--inject-host: {e}") from None
-    scopes = tuple(s for scope in values.get("scopes") or DEFAULT_SCOPES for s in _split_scopes(scope))
+    scopes = tuple(s for scope in values.get("scopes") or _default("scopes") for s in _split_scopes(scope))
     resolve = tuple(values.get("resolve") or ())
     for rule in resolve:
         try:
@@ -186,11 +191,10 @@ def validate(values: Mapping[str, Any]) -> Settings:
 
     confdir = values.get("confdir")
     return Settings(
-        listen_host=host,
-        listen_port=port,
+        listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         proxy_auth=proxy_auth,
         confdir=Path(confdir).expanduser() if confdir else default_confdir(),
-        inject_hosts=inject,
+        inject_host=inject,
         scopes=scopes,
         resolve=resolve,
         upstream_ca=upstream_ca_path,
@@ -235,7 +239,7 @@ def _hardening(values: Mapping[str, Any]) -> dict[str, Any]:
             hosts.parse_host_pattern(pattern)
         except ValueError as e:
             raise ProxyError(f"--allow-host: {e}") from None
-    out: dict[str, Any] = {"allow_hosts": allow}
+    out: dict[str, Any] = {"allow_host": allow}
     defaults = Settings()
     for name in ("max_connections", "max_header_size"):
         raw = values.get(name)

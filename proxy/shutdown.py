@@ -17,6 +17,8 @@ from typing import Any
 
 from mitmproxy import master
 
+from addons.limits import Limits
+
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.05
@@ -26,9 +28,11 @@ TUNNEL_QUIET = 2.0  # a tunnel that moved no bytes for this long is not waited f
 class GracefulShutdown:
     """Installed as the loop's signal handler by ``embed.run_proxy``."""
 
-    def __init__(self, m: master.Master, grace: float) -> None:
+    def __init__(self, m: master.Master, grace: float, server: Any, limits: Limits) -> None:
         self.master = m
         self.grace = grace
+        self.server = server  # mitmproxy's Proxyserver: stop accepting
+        self.limits = limits  # its connection table says what is still in flight
         self.signals = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -50,17 +54,15 @@ class GracefulShutdown:
         self._task = asyncio.get_running_loop().create_task(self.drain())
 
     async def drain(self) -> None:
-        proxyserver: Any = self.master.addons.get("proxyserver")
-        if proxyserver is not None:
-            await proxyserver.servers.update([])  # stop accepting; open connections stay
+        await self.server.servers.update([])  # stop accepting; open connections stay
         deadline = time.monotonic() + self.grace
-        busy = busy_connections(self.master)
+        busy = busy_connections(self.limits)
         if busy:
             logger.info("stopping: no new connections; waiting up to %g s for %d busy connection(s) "
                         "(a second signal exits at once)", self.grace, busy)
         while busy and time.monotonic() < deadline:
             await asyncio.sleep(POLL_INTERVAL)
-            busy = busy_connections(self.master)
+            busy = busy_connections(self.limits)
         if busy:
             logger.warning("stopping: grace period over, closing %d busy connection(s)", busy)
         else:
@@ -68,11 +70,8 @@ class GracefulShutdown:
         self.master.shutdown()
 
 
-def busy_connections(m: master.Master) -> int:
+def busy_connections(limits: Limits) -> int:
     """Connections with a request in flight, or tunnels that moved bytes within TUNNEL_QUIET seconds."""
-    limits: Any = m.addons.get("limits")
-    if limits is None:
-        return 0
     now = time.time()
     count = 0
     for state in limits.conns.values():

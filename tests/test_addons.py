@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def auth_with_fake_cache(tctx: taddons.context, addon: google_auth.GoogleAuth) -> FakeCredentials:
     """Configure the addon with defaults and swap its cache for one over a fake credential."""
-    tctx.configure(addon, gauth_hosts=list(google_auth.DEFAULT_HOSTS))
+    tctx.configure(addon, inject_host=list(google_auth.DEFAULT_HOSTS))
     clock = FakeClock()
     creds = FakeCredentials(clock)
     addon.cache = TokenCache(lambda: creds, None, clock=clock, sleep=clock.sleep)
@@ -48,13 +48,13 @@ def run(coro):
 def test_bad_host_pattern_is_an_options_error():
     addon = google_auth.GoogleAuth()
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError):
-        tctx.configure(addon, gauth_hosts=["*"])
+        tctx.configure(addon, inject_host=["*"])
 
 
 def test_bad_resolve_rule_is_an_options_error():
     addon = resolve.Resolve()
     with taddons.context(addon) as tctx, pytest.raises(exceptions.OptionsError):
-        tctx.configure(addon, upstream_resolve=["nonsense"])
+        tctx.configure(addon, resolve=["nonsense"])
 
 
 def test_token_added_when_sni_matches():
@@ -88,7 +88,7 @@ def test_client_authorization_modes(mode, expected_auth, status):
     addon = google_auth.GoogleAuth()
     with taddons.context(addon) as tctx:
         auth_with_fake_cache(tctx, addon)
-        tctx.configure(addon, gauth_client_auth=mode)
+        tctx.configure(addon, client_auth=mode)
         f = tls_flow("storage.googleapis.com")
         f.request.headers["authorization"] = "Bearer client-own"
         run(addon.requestheaders(f))

@@ -14,7 +14,7 @@ from proxy.errors import ExitStatus, ProxyError
 def test_defaults():
     s = settings.from_sources({}, environ={})
     assert (s.listen_host, s.listen_port) == ("127.0.0.1", 8080)
-    assert s.inject_hosts == ("*.googleapis.com",)
+    assert s.inject_host == ("*.googleapis.com",)
     assert s.scopes == ("https://www.googleapis.com/auth/cloud-platform",)
 
 
@@ -27,7 +27,7 @@ def test_environment_fills_what_flags_leave_out_and_flags_win():
     }
     s = settings.from_sources({"listen": "127.0.0.1:9001"}, environ=env)
     assert s.listen_port == 9001
-    assert s.inject_hosts == ("*.googleapis.com", "storage.example.test")
+    assert s.inject_host == ("*.googleapis.com", "storage.example.test")
     assert s.resolve == ("*.googleapis.com=199.36.153.4:443",)
     assert s.allow_metadata is True
 

@@ -97,7 +97,7 @@ def test_mitmdump_example(fake: FakeGoogle, tmp_path: Path) -> None:
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [str(EXAMPLES / "mitmdump.sh"), "--set", f"confdir={tmp_path / 'mitm'}",
-             "--set", f"upstream_resolve=*.googleapis.com={g_host}:{g_port}",
+             "--set", f"resolve=*.googleapis.com={g_host}:{g_port}",
              "--set", f"ssl_verify_upstream_trusted_ca={bundle}", "--quiet"],
             env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
         )

@@ -116,7 +116,7 @@ def test_resolve_override_to_a_metadata_address_is_refused(target: str):
     async def body() -> None:
         addons = Policy(), Resolve(), MetadataGuard(resolver)
         with taddons.context(*addons) as tctx:
-            tctx.configure(addons[1], upstream_resolve=[f"rebind.example.test={target}"])
+            tctx.configure(addons[1], resolve=[f"rebind.example.test={target}"])
             f = tflow.tflow()
             f.server_conn.address = ("rebind.example.test", 443)
             await tctx.master.addons.trigger_event(
@@ -131,7 +131,7 @@ def test_guard_off_with_allow_metadata():
     async def body() -> None:
         policy, guard = Policy(), MetadataGuard(resolver_returning("169.254.169.254"))
         with taddons.context(policy, guard) as tctx:
-            tctx.configure(policy, policy_allow_metadata=True)
+            tctx.configure(policy, allow_metadata=True)
             f = tflow.tflow()
             f.server_conn.address = ("metadata.google.internal", 80)
             await guard.server_connect(server_hooks.ServerConnectionHookData(f.server_conn, f.client_conn))
@@ -152,7 +152,7 @@ def test_metadata_request_denied_with_json_403():
 def test_allowed_metadata_request_loses_client_metadata_headers():
     policy = Policy()
     with taddons.context(policy) as tctx:
-        tctx.configure(policy, policy_allow_metadata=True)
+        tctx.configure(policy, allow_metadata=True)
         f = tflow.tflow()
         f.request.host = "metadata.google.internal"
         f.request.headers["Metadata-Flavor"] = "Google"
@@ -167,8 +167,8 @@ def test_allowed_metadata_request_loses_client_metadata_headers():
 def test_allow_hosts():
     policy = Policy()
     with taddons.context(policy) as tctx:
-        tctx.configure(policy, policy_allow_hosts=["*.googleapis.com"])
+        tctx.configure(policy, allow_host=["*.googleapis.com"])
         assert policy.denial("storage.googleapis.com") is None
         assert policy.denial("googleapis.com.evil.test")
         with pytest.raises(exceptions.OptionsError):
-            tctx.configure(policy, policy_allow_hosts=["*"])
+            tctx.configure(policy, allow_host=["*"])

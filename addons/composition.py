@@ -1,0 +1,85 @@
+"""The composition root: each component made once, the shared ones handed over by constructor.
+
+No component looks another up by name; this import graph is the real dependency graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from addons.admin import Admin
+from addons.audit_log import AuditLog
+from addons.destination import Destinations
+from addons.google_auth import GoogleAuth
+from addons.limits import Limits
+from addons.metadata_guard import MetadataGuard
+from addons.metrics import Metrics
+from addons.placeholder import PlaceholderAuth
+from addons.policy import Policy
+from addons.proxy_auth import ProxyAuth
+from addons.resolve import Resolve
+from addons.token_source import TokenSource
+
+
+@dataclass(frozen=True)
+class Components:
+    """Our components, each made once; ``ordered()`` is the order their hooks run in."""
+
+    destinations: Destinations
+    limits: Limits
+    proxy_auth: ProxyAuth
+    policy: Policy
+    resolve: Resolve
+    metadata_guard: MetadataGuard
+    placeholder: PlaceholderAuth
+    tokens: TokenSource
+    google_auth: GoogleAuth
+    audit_log: AuditLog
+    metrics: Metrics | None
+    admin: Admin | None
+
+    def ordered(self) -> list[Any]:
+        """Order is behaviour.
+
+        Destinations first (it refuses TLS to the proxy port and labels every request with where
+        it really goes; every later concern decides on that), connection limits next (they count
+        every connection), proxy auth next (strangers get nothing), then policy (a denied request
+        never gets a token), then the address override, then the metadata guard (it checks the
+        final address), then placeholder stripping (a `run` child's placeholder token is removed
+        before GoogleAuth decides whether the request brings its own Authorization), then token
+        injection, and the audit log last so it sees what happened (its 503 gate is the last word
+        before a request goes upstream); metrics after the audit log count what the client
+        finally got; the admin endpoints only read the others.
+        """
+        chain: list[Any] = [self.destinations, self.limits, self.proxy_auth, self.policy, self.resolve,
+                            self.metadata_guard, self.placeholder, self.google_auth, self.audit_log]
+        return chain + [c for c in (self.metrics, self.admin) if c is not None]
+
+
+def build(*, observability: bool = True, proxyserver: Any = None) -> Components:
+    """Make every component once and wire the shared ones.
+
+    Args:
+        observability: make Metrics and Admin (the program leaves them out without
+            ``--admin-listen``: they would only cost hook calls).
+        proxyserver: mitmproxy's Proxyserver addon, whose connection handlers Limits needs.
+    """
+    tokens = TokenSource()  # one credential today; the routing work adds one per credential
+    google_auth = GoogleAuth(tokens)
+    audit_log = AuditLog()
+    metrics = Metrics(tokens=tokens, audit=audit_log) if observability else None
+    return Components(
+        destinations=Destinations(),
+        limits=Limits(proxyserver=proxyserver),
+        proxy_auth=ProxyAuth(),
+        policy=Policy(),
+        resolve=Resolve(),
+        metadata_guard=MetadataGuard(),
+        placeholder=PlaceholderAuth(),
+        tokens=tokens,
+        google_auth=google_auth,
+        audit_log=audit_log,
+        metrics=metrics,
+        admin=Admin(tokens=tokens, audit=audit_log, metrics=metrics) if observability else None,
+    )
