@@ -10,8 +10,9 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap
 demo: $(VENV)/.installed
 	$(PY) -m fakegoogle.demo
 
+# Two workers, one test file each at a time: most tests wait on sockets and processes.
 test: $(VENV)/.installed lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check addons proxy fakegoogle examples tests benchmarks
