@@ -7,6 +7,7 @@ credential and a fake clock. The token never appears in a log line or an excepti
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import random
 import threading
@@ -53,7 +54,7 @@ class Token:
     fetched_at: float
     refresh_at: float | None
 
-    @property
+    @functools.cached_property  # hashed once per token, not once per request
     def fingerprint(self) -> str:
         return redact.fingerprint(self.value)
 

@@ -28,6 +28,7 @@ class TokenSource:
         self.cache: TokenCache | None = None
         self._inflight: asyncio.Future[Token] | None = None
         self._retry: asyncio.TimerHandle | None = None
+        self._principal: tuple[tuple[Any, Any], str | None] | None = None
 
     def configure(self, scopes: Sequence[str], rules: Sequence[ResolveRule], ca_bundle: str | None) -> None:
         """(Re)build the cache for these scopes, resolve rules and upstream CA bundle.
@@ -50,7 +51,16 @@ class TokenSource:
 
     @property
     def principal(self) -> str | None:
-        return principal(self.credentials)
+        """Who the tokens speak as; worked out once per credentials object (asked per request)."""
+        creds = self.credentials
+        if creds is None:
+            return None
+        # GCE credentials learn their email on the first fetch: that is part of the key.
+        key = (creds, getattr(creds, "service_account_email", None))
+        cached = self._principal
+        if cached is None or cached[0][0] is not key[0] or cached[0][1] != key[1]:
+            cached = self._principal = (key, principal(creds))
+        return cached[1]
 
     def _log_state(self, message: str) -> None:
         creds = self.credentials
