@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from addons import options
 from addons.audit_log import AuditLog
 from addons.metrics import Metrics
+from addons.same_user import Gate, admit_stream, is_loopback_host
 from addons.token_cache import TokenError
 from addons.token_source import TokenSource
 
@@ -64,13 +65,16 @@ def _json(status: int, payload: dict[str, Any]) -> Response:
 
 class Admin:
     """The admin endpoints; they read the components they are given (alone with ``-s``: /readyz
-    says token injection is not configured, /metrics is 404)."""
+    says token injection is not configured, /metrics is 404, and on loopback only this process's
+    own uid may connect, ``allow_uid`` being the SameUser addon's option)."""
 
     def __init__(self, tokens: TokenSource | None = None, audit: AuditLog | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, gate: Gate | None = None) -> None:
         self.tokens = tokens
         self.audit = audit
         self.metrics = metrics
+        self.gate = gate or Gate()  # the proxy port's own, from the composition root
+        self._loopback = False
         self._sock: socket.socket | None = None
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
@@ -103,6 +107,9 @@ class Admin:
         sock.setblocking(False)
         self._sock = sock
         self.address = sock.getsockname()[:2]
+        self._loopback = is_loopback_host(self.address[0])
+        if self._loopback:
+            self.gate.prepare()
         with contextlib.suppress(RuntimeError):  # configured again while running: serve right away
             asyncio.get_running_loop().create_task(self._serve())
 
@@ -132,6 +139,8 @@ class Admin:
     # -- HTTP ----------------------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._loopback and not await admit_stream(self.gate, reader, writer, "admin endpoints"):
+            return
         try:
             line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
             for _ in range(MAX_HEADER_LINES):

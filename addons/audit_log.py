@@ -1,5 +1,8 @@
 """One JSON line per request to an injected host, written when the flow ends.
 
+A stream gets its line at its end: a streamed response (server-sent events, a download, gRPC)
+when its last byte has passed, a WebSocket when it closes (messages and payload bytes each way,
+close code), and one still open when the proxy shuts down with ``error: "shutdown"``.
 The audit log is a data product: the fields of :func:`audit_record` are a stable schema
 (docs/audit.md). It fails closed: while a record cannot be written, requests to injected hosts
 get 503 instead of going upstream, and a response whose record could not be written is not
@@ -17,6 +20,7 @@ import stat
 import sys
 import time
 import unicodedata
+import weakref
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -30,6 +34,10 @@ from addons.errors import error_response
 logger = logging.getLogger(__name__)
 
 _BYTES_KEY = "gauth_bytes"  # flow.metadata key holding the stream counters
+_WEBSOCKET_KEY = "gauth_websocket"  # flow.metadata key holding a WebSocket's message counters
+SHUTDOWN_ERROR = "shutdown"
+# Close codes of a WebSocket that ended as agreed (normal, going away); others are errors.
+_CLEAN_CLOSE_CODES = frozenset({1000, 1001})
 UPLOAD_ID_HEADER = "x-guploader-uploadid"
 
 
@@ -66,6 +74,75 @@ def count_response_stream(flow: http.HTTPFlow) -> None:
         flow.metadata.setdefault(_BYTES_KEY, {})["response"] = counter
 
 
+class AuditedResponse(ByteCounter):
+    """A streamed response's ``Message.stream``: counts it, and writes its record at its end,
+    before that end reaches the client.
+
+    mitmproxy calls it with each chunk, then once with ``b""`` at the end of the body, and only
+    then (after the ``response`` hook) sends the end of the message: the last chunk of a chunked
+    body, HTTP/2 END_STREAM. A body framed by Content-Length is complete at its last byte, so that
+    byte is kept until the record is written. If it cannot be written, the end never goes: the
+    client gets a cut-off answer, never a complete result of an unrecorded call.
+    """
+
+    def __init__(self, write: Any, flow: http.HTTPFlow) -> None:
+        super().__init__()
+        self._write = write  # AuditLog._write: flow -> bool
+        self._flow = weakref.ref(flow)  # the flow holds this object: no strong cycle
+        assert flow.response is not None
+        length = flow.response.headers.get("content-length", "").strip()
+        self._length = int(length) if length.isascii() and length.isdigit() else None
+        self._held = b""
+        self.recorded: bool | None = None  # None: the body has not ended
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if chunk:
+            self.count += len(chunk)
+            if self._held:  # only if more came after the announced length (upstream framing error)
+                chunk, self._held = self._held + chunk, b""
+            if self._length is not None and self.count >= self._length:
+                chunk, self._held = chunk[:-1], chunk[-1:]
+            return chunk
+        flow = self._flow()
+        self.recorded = flow is not None and self._write(flow)
+        return self._held if self.recorded else b""
+
+
+def _recorded_at_end(flow: http.HTTPFlow) -> bool | None:
+    """Whether the record of a streamed response was written at its end; None: it has not ended."""
+    stream = flow.response.stream if flow.response is not None else None
+    return stream.recorded if isinstance(stream, AuditedResponse) else None
+
+
+class WebSocketCounts:
+    """Messages and payload bytes of one WebSocket, each way (client -> server is "request").
+
+    A plain class: ``mitmdump -s`` loads this file outside ``sys.modules``, where @dataclass fails.
+    """
+
+    __slots__ = ("request_bytes", "request_messages", "response_bytes", "response_messages")
+
+    def __init__(self) -> None:
+        self.request_messages = 0
+        self.request_bytes = 0
+        self.response_messages = 0
+        self.response_bytes = 0
+
+
+def count_websocket_message(flow: http.HTTPFlow) -> None:
+    """Count the message the ``websocket_message`` hook is about (the flow's last one)."""
+    if flow.websocket is None or not flow.websocket.messages:
+        return
+    message = flow.websocket.messages[-1]
+    counts = flow.metadata.setdefault(_WEBSOCKET_KEY, WebSocketCounts())
+    if message.from_client:
+        counts.request_messages += 1
+        counts.request_bytes += len(message.content)
+    else:
+        counts.response_messages += 1
+        counts.response_bytes += len(message.content)
+
+
 def body_bytes(flow: http.HTTPFlow, which: str) -> int | None:
     """Body bytes that passed: counted when streamed, measured when buffered, else Content-Length.
 
@@ -91,8 +168,12 @@ def audit_record(flow: http.HTTPFlow, now: float | None = None) -> dict[str, Any
     request = flow.request
     response = flow.response
     host = meta.get("host") or _requested_host(flow)
-    end = (response.timestamp_end if response is not None else None) or now or time.time()
-    api = google_api.describe(host, request.method, request.path)
+    websocket = flow.websocket
+    if websocket is not None:
+        end = websocket.timestamp_end or now or time.time()
+    else:
+        end = (response.timestamp_end if response is not None else None) or now or time.time()
+    api = google_api.describe(host, request.method, request.path, request.headers.get("content-type", ""))
     record: dict[str, Any] = {
         "time": _rfc3339(request.timestamp_start),
         "duration_ms": round(max(0.0, end - request.timestamp_start) * 1000, 1),
@@ -111,11 +192,17 @@ def audit_record(flow: http.HTTPFlow, now: float | None = None) -> dict[str, Any
     }
     if meta.get("quota_project"):
         record["quota_project"] = meta["quota_project"]
+    if websocket is not None:
+        _add_websocket(record, flow, websocket)
     for name, value in zip(("service", "api_method", "resource"), api):
         if value:
             record[name] = redact.redact_text(value)
     if meta.get("retried"):
         record["retried"] = True
+    if response is not None:  # gRPC: the call's own status, in its trailers (Trailers-Only: headers)
+        grpc_status = google_api.grpc_status(response.trailers, response.headers)
+        if grpc_status is not None:
+            record["grpc_status"] = grpc_status
     upstream_id = _upstream_request_id(flow)
     if upstream_id:
         record["upstream_request_id"] = upstream_id
@@ -123,7 +210,25 @@ def audit_record(flow: http.HTTPFlow, now: float | None = None) -> dict[str, Any
         record["error"] = redact.redact_text(meta["error"])
     elif flow.error:
         record["error"] = redact.redact_text(flow.error.msg)
+    elif websocket is not None and websocket.close_code not in (None, *_CLEAN_CLOSE_CODES):
+        side = "client" if websocket.closed_by_client else "server"
+        reason = f": {websocket.close_reason}" if websocket.close_reason else ""
+        record["error"] = redact.redact_text(
+            f"the {side} closed the WebSocket with code {websocket.close_code}{reason}")
     return record
+
+
+def _add_websocket(record: dict[str, Any], flow: http.HTTPFlow, websocket: Any) -> None:
+    """A WebSocket's record: its messages and payload bytes each way replace the body sizes."""
+    counts = flow.metadata.get(_WEBSOCKET_KEY) or WebSocketCounts()
+    record["websocket"] = True
+    record["request_bytes"] = counts.request_bytes
+    record["response_bytes"] = counts.response_bytes
+    record["request_messages"] = counts.request_messages
+    record["response_messages"] = counts.response_messages
+    record["close_code"] = websocket.close_code
+    if websocket.close_code is not None:
+        record["closed_by"] = "client" if websocket.closed_by_client else "server"
 
 
 def _requested_host(flow: http.HTTPFlow) -> str:
@@ -320,6 +425,9 @@ class AuditLog:
         self._path: str = ""
         self.broken: str | None = None  # why writing failed; requests to injected hosts stop
         self.records_written = 0
+        # Audited flows not yet recorded (streams in progress, WebSockets): recorded at shutdown.
+        self._unrecorded: weakref.WeakValueDictionary[str, http.HTTPFlow] = weakref.WeakValueDictionary()
+        self._done = False  # after done(): the file is closed, late hooks write nothing
 
     def load(self, loader: Any) -> None:
         options.declare(loader, "audit_log")
@@ -384,6 +492,7 @@ class AuditLog:
             return
         if not self.enabled:
             return
+        self._unrecorded[flow.id] = flow
         count_request_stream(flow)
         self._refuse_if_broken(flow)
 
@@ -408,13 +517,23 @@ class AuditLog:
         )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if self.enabled and "gauth" in flow.metadata:
-            count_response_stream(flow)
+        if not self.enabled or "gauth" not in flow.metadata or flow.response is None:
+            return
+        if flow.response.stream is True:
+            counter = AuditedResponse(self._write, flow)
+            flow.response.stream = counter
+            flow.metadata.setdefault(_BYTES_KEY, {})["response"] = counter
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if not self.enabled or "gauth" not in flow.metadata:
+        if not self.enabled or "gauth" not in flow.metadata or self._done:
             return
-        if self._write(flow) or flow.metadata["gauth"].get("audit_refused"):
+        if flow.websocket is not None:
+            return  # a WebSocket follows: its record is written when it closes (websocket_end)
+        self._unrecorded.pop(flow.id, None)
+        recorded = _recorded_at_end(flow)
+        if recorded is None:  # not streamed to its end: written now
+            recorded = self._write(flow)
+        if recorded or flow.metadata["gauth"].get("audit_refused"):
             return
         # The call went upstream but is not on record: do not deliver its result.
         assert flow.response is not None
@@ -429,7 +548,18 @@ class AuditLog:
             )
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if self.enabled and "gauth" in flow.metadata and not self._done:
+            self._unrecorded.pop(flow.id, None)
+            if _recorded_at_end(flow) is None:  # else the record went out with the body's end
+                self._write(flow)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
         if self.enabled and "gauth" in flow.metadata:
+            count_websocket_message(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        if self.enabled and "gauth" in flow.metadata and not self._done:
+            self._unrecorded.pop(flow.id, None)
             self._write(flow)
 
     def _write(self, flow: http.HTTPFlow) -> bool:
@@ -469,6 +599,14 @@ class AuditLog:
         self.broken = reason
 
     def done(self) -> None:
+        """Record every audited stream still open (``error: "shutdown"``), then close the file."""
+        for flow in sorted(self._unrecorded.values(), key=lambda f: f.request.timestamp_start):
+            if _recorded_at_end(flow) is not None:
+                continue  # its body ended (and its record was written) just before the shutdown
+            flow.metadata.setdefault("gauth", {})["error"] = SHUTDOWN_ERROR
+            self._write(flow)
+        self._unrecorded.clear()
+        self._done = True
         self._close()
 
 

@@ -19,22 +19,28 @@ from addons.placeholder import PlaceholderAuth
 from addons.policy import Policy
 from addons.proxy_auth import ProxyAuth
 from addons.resolve import Resolve
+from addons.same_user import SameUser
+from addons.streaming import Streaming
 from addons.token_source import TokenSource
+from addons.upstream_proxy import UpstreamProxy
 
 
 @dataclass(frozen=True)
 class Components:
     """Our components, each made once; ``ordered()`` is the order their hooks run in."""
 
+    same_user: SameUser
     destinations: Destinations
     limits: Limits
     proxy_auth: ProxyAuth
     policy: Policy
     resolve: Resolve
+    upstream_proxy: UpstreamProxy
     metadata_guard: MetadataGuard
     placeholder: PlaceholderAuth
     tokens: TokenSource
     google_auth: GoogleAuth
+    streaming: Streaming
     audit_log: AuditLog
     metrics: Metrics | None
     admin: Admin | None
@@ -42,18 +48,29 @@ class Components:
     def ordered(self) -> list[Any]:
         """Order is behaviour.
 
-        Destinations first (it refuses TLS to the proxy port and labels every request with where
+        The same-user check first (on loopback, another user's connection is refused before any
+        other component sees it: it takes no connection slot from Limits and cannot spend the
+        global budget of failed proxy-auth checks that the owner's own clients share), then
+        Destinations (it refuses TLS to the proxy port and labels every request with where
         it really goes; every later concern decides on that), connection limits next (they count
         every connection), proxy auth next (strangers get nothing), then policy (a denied request
-        never gets a token), then the address override, then the metadata guard (it checks the
-        final address), then placeholder stripping (a `run` child's placeholder token is removed
-        before GoogleAuth decides whether the request brings its own Authorization), then token
-        injection, and the audit log last so it sees what happened (its 503 gate is the last word
-        before a request goes upstream); metrics after the audit log count what the client
-        finally got; the admin endpoints only read the others.
+        never gets a token), then the address override, then the upstream proxy (it takes every
+        connection not bypassed through ``--upstream-proxy``: its layer wraps the HTTP layer
+        Destinations has let through, it asks for the address Resolve chose, and it sets
+        ``server.via`` so the metadata guard checks that address as asked of the upstream proxy
+        rather than resolving it; its CONNECT error page replaces the generic one Limits makes),
+        then the metadata guard (it checks the final address), then placeholder stripping (a `run`
+        child's placeholder token is removed before GoogleAuth decides whether the request brings
+        its own Authorization), then token injection, then streaming (it holds a small request
+        body only when the proxy's token went on it, and leaves whole the 401 GoogleAuth keeps for
+        a replay; the audit log and metrics after it count every streamed body chunk by chunk),
+        and the audit log last so it sees what happened (its 503 gate is the last word before a
+        request goes upstream); metrics after the audit log count what the client finally got;
+        the admin endpoints only read the others.
         """
-        chain: list[Any] = [self.destinations, self.limits, self.proxy_auth, self.policy, self.resolve,
-                            self.metadata_guard, self.placeholder, self.google_auth, self.audit_log]
+        chain: list[Any] = [self.same_user, self.destinations, self.limits, self.proxy_auth, self.policy,
+                            self.resolve, self.upstream_proxy, self.metadata_guard, self.placeholder,
+                            self.google_auth, self.streaming, self.audit_log]
         return chain + [c for c in (self.metrics, self.admin) if c is not None]
 
 
@@ -63,23 +80,29 @@ def build(*, observability: bool = True, proxyserver: Any = None) -> Components:
     Args:
         observability: make Metrics and Admin (the program leaves them out without
             ``--admin-listen``: they would only cost hook calls).
-        proxyserver: mitmproxy's Proxyserver addon, whose connection handlers Limits needs.
+        proxyserver: mitmproxy's Proxyserver addon, whose connection handlers Limits and
+            SameUser need.
     """
     tokens = TokenSource()  # one credential today; the routing work adds one per credential
     google_auth = GoogleAuth(tokens)
     audit_log = AuditLog()
-    metrics = Metrics(tokens=tokens, audit=audit_log) if observability else None
+    same_user = SameUser(proxyserver=proxyserver)  # its gate also guards the admin endpoints
+    metrics = Metrics(tokens=tokens, audit=audit_log, gate=same_user.gate) if observability else None
     return Components(
+        same_user=same_user,
         destinations=Destinations(),
         limits=Limits(proxyserver=proxyserver),
         proxy_auth=ProxyAuth(),
         policy=Policy(),
         resolve=Resolve(),
+        upstream_proxy=UpstreamProxy(tokens),  # the token fetches take the same route
         metadata_guard=MetadataGuard(),
         placeholder=PlaceholderAuth(),
         tokens=tokens,
         google_auth=google_auth,
+        streaming=Streaming(),
         audit_log=audit_log,
         metrics=metrics,
-        admin=Admin(tokens=tokens, audit=audit_log, metrics=metrics) if observability else None,
+        admin=(Admin(tokens=tokens, audit=audit_log, metrics=metrics, gate=same_user.gate)
+               if observability else None),
     )

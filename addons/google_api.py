@@ -1,7 +1,8 @@
 """Pure recognition of Google API calls: host + method + path -> service, API method, resource.
 
 Names follow Google's own discovery documents and Cloud Audit Logs (``storage.objects.get``,
-``compute.instances.list``); resources use the audit-log style (``projects/_/buckets/B/objects/O``,
+``compute.instances.list``, and for gRPC the full method, ``google.pubsub.v1.Publisher.Publish``,
+told apart from REST by the request's content type); resources use the audit-log style (``projects/_/buckets/B/objects/O``,
 ``projects/P/zones/Z/instances/I``). Anything not recognised stays None: an audit log that
 guesses is worse than one that says nothing.
 """
@@ -9,6 +10,7 @@ guesses is worse than one that says nothing.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import NamedTuple
 from urllib.parse import parse_qsl, unquote
 
@@ -26,18 +28,21 @@ _COLLECTION_VERBS = {"GET": "list", "POST": "insert"}
 _MEMBER_VERBS = {"GET": "get", "HEAD": "get", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}
 
 
-def describe(host: str, method: str, path: str) -> ApiCall:
-    """Recognise one request. ``path`` is the origin-form target, query included."""
+def describe(host: str, method: str, path: str, content_type: str = "") -> ApiCall:
+    """Recognise one request. ``path`` is the origin-form target, query included; ``content_type``
+    the request's, which tells a gRPC call (``/google.pubsub.v1.Publisher/Publish``) from REST."""
     host = host.lower().rstrip(".")
     if host.count(":") == 1:
         host = host.partition(":")[0]
     if not host.endswith(GOOGLEAPIS):
         return ApiCall()
     method = method.upper()
+    name = host[: -len(GOOGLEAPIS)]
+    if method == "POST" and is_grpc(content_type):
+        return _grpc("storage" if name.endswith(".storage") else _service_label(name), path)
     raw_path, _, query = path.partition("?")
     segments = [unquote(s) for s in raw_path.split("/")[1:]] or [""]
     params = dict(parse_qsl(query, keep_blank_values=True))
-    name = host[: -len(GOOGLEAPIS)]
     if name.endswith(".storage"):  # BUCKET.storage.googleapis.com: XML API, virtual-host style
         bucket = name[: -len(".storage")]
         return _storage_xml(method, [bucket] if segments == [""] else [bucket, *segments], params)
@@ -51,6 +56,38 @@ def describe(host: str, method: str, path: str) -> ApiCall:
         return _storage_json(method, segments, params) if root == "storage" else _storage_xml(method, segments, params)
     parser = _BY_SERVICE.get(label)
     return parser(method, segments, params) if parser else ApiCall(label or None)
+
+
+# -- gRPC ------------------------------------------------------------------------------------------
+
+# /package.Service/Method, as gRPC sends it (PROTOCOL-HTTP2.md "Path"): identifiers only, no query.
+_GRPC_PATH = re.compile(r"/(?P<service>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)/(?P<method>[A-Za-z_]\w*)", re.ASCII)
+
+
+def is_grpc(content_type: str) -> bool:
+    """``application/grpc``, ``application/grpc+proto``, ``application/grpc-web...``: a gRPC call."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/grpc" or media.startswith(("application/grpc+", "application/grpc-web"))
+
+
+def _grpc(label: str, path: str) -> ApiCall:
+    """A gRPC call: the service from the host, the method as Cloud Audit Logs name it
+    (``google.pubsub.v1.Publisher.Publish``); the resource is in the body, so it stays unknown."""
+    match = _GRPC_PATH.fullmatch(path)
+    api_method = f"{match['service']}.{match['method']}" if match else None
+    # www.googleapis.com is a shared front end: its label names no service.
+    return ApiCall(label if label and label != "www" else None, api_method)
+
+
+def grpc_status(*sources: Mapping[str, str] | None) -> int | None:
+    """The ``grpc-status`` of the first source that has one (trailers, then headers for a
+    Trailers-Only answer), when it is a number; None for anything else."""
+    for source in sources:
+        value = source.get("grpc-status") if source is not None else None
+        if value is not None:
+            value = value.strip()
+            return int(value) if value.isascii() and value.isdigit() and len(value) <= 3 else None
+    return None
 
 
 _REGIONAL = re.compile(r"^[a-z]+-[a-z]+\d+-(?P<service>[a-z0-9]+)$")

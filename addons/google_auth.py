@@ -11,15 +11,18 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from addons import hosts, options, redact
+from addons import google_api, hosts, options, redact
 from addons.destination import Destinations, destination_of
 from addons.errors import error_response
 from addons.replay import REPLAY_MAX_BODY, ReplayTarget, TooLarge, replay, replay_headers
 from addons.resolve import parse_resolve_rules
+from addons.streaming import REPLAY_PENDING
 from addons.token_cache import Token, TokenCache, TokenError
 from addons.token_source import TokenSource
 
 logger = logging.getLogger(__name__)
+
+GRPC_UNAUTHENTICATED = 16
 
 DEFAULT_HOSTS = options.DEFAULT_INJECT_HOSTS
 
@@ -165,27 +168,40 @@ class GoogleAuth:
             meta["quota_project"] = flow.request.headers["x-goog-user-project"]
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response and flow.response.status_code == 401 and self._may_retry(flow):
-            flow.response.stream = False  # keep the small 401 body so we can replace it
+        if not (flow.response and flow.response.status_code == 401 and self._carried_our_token(flow)):
+            return
+        # Forget the rejected token before the 401 can reach the client, so its own retry (or our
+        # replay) gets a fresh one: a streamed 401 may be at the client before `response` runs.
+        # Only the token we injected, and only while it is the current one: a 401 cannot make the
+        # cache drop a token it has already replaced.
+        self.source.invalidate(flow.request.headers.get("authorization", "").removeprefix("Bearer ").strip())
+        if self._may_retry(flow):
+            # Keep the small 401 body so we can replace it; Streaming leaves a marked answer whole.
+            flow.metadata["gauth"][REPLAY_PENDING] = True
+            flow.response.stream = False
 
     async def response(self, flow: http.HTTPFlow) -> None:
-        if not (flow.response and flow.response.status_code == 401 and self._may_retry(flow)):
+        meta = flow.metadata.get("gauth", {})
+        if (flow.response is not None and self._carried_our_token(flow)
+                and google_api.grpc_status(flow.response.trailers, flow.response.headers) == GRPC_UNAUTHENTICATED):
+            # gRPC says "bad token" with HTTP 200 and grpc-status 16: the 401 path never sees it.
+            # Forget the token so the client library's own retry gets a fresh one.
+            self.source.invalidate(flow.request.headers.get("authorization", "").removeprefix("Bearer ").strip())
             return
-        assert self.cache is not None
-        meta = flow.metadata["gauth"]
+        if not (flow.response and flow.response.status_code == 401 and meta.get(REPLAY_PENDING)):
+            return
+        if flow.response.stream:
+            return  # the 401 outgrew mitmproxy's buffer and went to the client: too late to replace
         meta["retried"] = True
-        # Only the token we injected, and only while it is the current one: a 401 cannot make
-        # the cache drop a token it has already replaced.
-        self.source.invalidate(flow.request.headers.get("authorization", "").removeprefix("Bearer ").strip())
         try:
             token = await self.token()
         except TokenError as e:
             logger.warning("upstream rejected the token and no new one could be had: %s", e)
             return
-        meta["token_id"] = token.fingerprint
         target = self._replay_target(flow)
         if target is None:
             return
+        meta["token_id"] = token.fingerprint
         options = ctx.options
         try:
             answer = await asyncio.to_thread(
@@ -207,15 +223,20 @@ class GoogleAuth:
         resp.headers["content-length"] = str(len(answer.body))
         flow.response = resp
 
-    def _may_retry(self, flow: http.HTTPFlow) -> bool:
+    @staticmethod
+    def _carried_our_token(flow: http.HTTPFlow) -> bool:
         meta = flow.metadata.get("gauth", {})
+        return meta.get("auth") == "injected" and not meta.get("retried")
+
+    def _may_retry(self, flow: http.HTTPFlow) -> bool:
+        """The request is held whole, small, and its answer will not be a stream: it can be replayed."""
         body = flow.request.raw_content
         return (
-            meta.get("auth") == "injected"
-            and not meta.get("retried")
+            self._carried_our_token(flow)
             and not flow.request.stream
             and body is not None
             and len(body) <= REPLAY_MAX_BODY
+            and not answers_with_a_stream(flow.request)
         )
 
     @staticmethod
@@ -227,6 +248,19 @@ class GoogleAuth:
             return None
         port = 443 if destination.plain else destination.port  # plain http:// went upstream over TLS
         return ReplayTarget(destination.host, port, (str(peer[0]), int(peer[1])))
+
+
+def answers_with_a_stream(request: http.Request) -> bool:
+    """The answer will be a stream the replay would have to hold whole: server-sent events
+    (``alt=sse``, ``Accept: text/event-stream``), gRPC, a protocol upgrade (WebSocket). Such a
+    request is not replayed; its client gets the 401 and its own retry the fresh token."""
+    headers = request.headers
+    return (
+        "upgrade" in headers
+        or headers.get("content-type", "").lower().startswith("application/grpc")
+        or "text/event-stream" in headers.get("accept", "").lower()
+        or request.query.get("alt", "").lower() == "sse"
+    )
 
 
 def _option(options: Any, name: str, default: float) -> float:

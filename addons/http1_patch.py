@@ -1,7 +1,8 @@
-"""The one place we change mitmproxy's code: three wraps in its HTTP/1 server layer, mitmproxy 12.x only.
+"""The one place we change mitmproxy's code: three wraps in its HTTP/1 server layer and one in its
+HTTP/2 server layer, mitmproxy 12.x only.
 
 mitmproxy has no hook where these belong, so ``install()`` wraps private functions of
-``mitmproxy.proxy.layers.http._http1`` (read as of mitmproxy 12.3):
+``mitmproxy.proxy.layers.http._http1`` and ``_http2`` (read as of mitmproxy 12.3):
 
 - ``Http1Server.read_headers`` buffers a request head until its blank line without any bound
   (its own "FIXME: protect against header size DoS"): capped at the ``max_header_size``
@@ -10,6 +11,9 @@ mitmproxy has no hook where these belong, so ``install()`` wraps private functio
   timed out is a 504, not mitmproxy's catch-all 502.
 - ``Http1Server.send``: the error page for an upstream that Limits cut off says why (a read
   timeout), not "server closed connection".
+- ``Http2Server._handle_event``: an HTTP/2 stream that fails before its response head gets the
+  same JSON error as HTTP/1 (504 for an upstream that timed out, with the same message) instead
+  of mitmproxy's HTML 502. Once the head went out, mitmproxy's stream reset stays.
 
 The program calls ``install()`` once, before its master starts (``proxy/embed.py``); an addon
 never does, so ``mitmdump -s addons/limits.py`` leaves mitmproxy as it is.
@@ -36,7 +40,7 @@ from typing import Any
 from mitmproxy import connection, http, version
 from mitmproxy.net.http import http1 as http1_net
 from mitmproxy.proxy import commands, events
-from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http import _http1, _http2
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
 from addons.errors import error_body
@@ -59,7 +63,7 @@ def supported(mitmproxy_version: str) -> bool:
 
 
 def install() -> bool:
-    """Wrap the three functions, once per process. Returns whether the wraps are in place.
+    """Wrap the four functions, once per process. Returns whether the wraps are in place.
 
     Outside mitmproxy 12.x it changes nothing and logs one warning: the private functions it wraps
     may have changed, and a wrong wrap is worse than none.
@@ -123,8 +127,7 @@ def _wrap() -> None:
 
     @functools.wraps(_http1.make_error_response)
     def make_error_response(status_code: int, message: str = "") -> bytes:
-        if status_code == 502 and "timed out" in message:
-            status_code = 504
+        status_code = error_status(status_code, message)
         body = error_body(status_code, message or "gcp-auth-proxy could not complete the request.", "proxyError")
         response = http.Response.make(status_code, body, {
             "content-type": "application/json; charset=UTF-8", "connection": "close", "cache-control": "no-store"})
@@ -133,3 +136,34 @@ def _wrap() -> None:
     _http1.Http1Server.send = send  # type: ignore[method-assign]
     _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]
     _http1.make_error_response = make_error_response
+    _wrap_h2()
+
+
+def error_status(status_code: int, message: str) -> int:
+    """The status an error page gets: a 502 whose cause timed out is a 504 (a gateway timeout)."""
+    return 504 if status_code == 502 and "timed out" in message else status_code
+
+
+def _wrap_h2() -> None:
+    original_handle_event = _http2.Http2Server._handle_event
+
+    @functools.wraps(original_handle_event)
+    def handle_event(self: Any, event: Any) -> Any:
+        if isinstance(event, ResponseProtocolError):
+            status = event.code.http_status_code()
+            stream = self.h2_conn.streams.get(event.stream_id)
+            # The same conditions under which mitmproxy sends its HTML page (else it resets the stream).
+            if (status is not None and stream is not None and self.is_open_for_us(event.stream_id)
+                    and not stream.state_machine.headers_sent):
+                message = _timed_out.pop(self.context.client, None) or event.message
+                status = error_status(status, message)
+                body = error_body(status, message or "gcp-auth-proxy could not complete the request.", "proxyError")
+                self.h2_conn.send_headers(event.stream_id, [
+                    (b":status", b"%d" % status), (b"content-type", b"application/json; charset=UTF-8"),
+                    (b"content-length", b"%d" % len(body)), (b"cache-control", b"no-store")])
+                self.h2_conn.send_data(event.stream_id, body, end_stream=True)
+                yield commands.SendData(self.conn, self.h2_conn.data_to_send())
+                return
+        yield from original_handle_event(self, event)
+
+    _http2.Http2Server._handle_event = handle_event  # type: ignore[method-assign]

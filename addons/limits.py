@@ -178,8 +178,9 @@ class Limits:
         state.first_byte_at = None
 
     def request(self, flow: http.HTTPFlow) -> None:
-        # The request is complete and about to go upstream: the read timeout starts.
-        if self.read_timeout > 0 and flow.response is None and not flow.request.stream and flow.live:
+        # The request is complete (a streamed one has just passed its last byte) and the answer's
+        # head has not come yet: the read timeout starts.
+        if self.read_timeout > 0 and flow.response is None and flow.live:
             self._read_timers[flow.id] = asyncio.get_running_loop().call_later(
                 self.read_timeout, self._read_timed_out, flow)
 

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from addons import google_api, hosts
 from addons.audit_log import AuditLog, audit_record, count_request_stream, count_response_stream
+from addons.same_user import Gate
 from addons.token_source import TokenSource
 
 PREFIX = "gcp_auth_proxy"
@@ -71,12 +72,29 @@ class _TokenCollector(Collector):
         yield from (fetches, failures, expiry, usable)
 
 
-class Metrics:
-    """Counts requests, bytes and connections; reads token state and audit health from the
-    components it is given (loaded alone with ``-s``: no token figures, the audit log counts as
-    writable)."""
+class _RefusalCollector(Collector):
+    """Connections the same-user check refused, read at scrape time from its gate. ``uid`` is one
+    of at most 16 uids, ``other`` beyond them, or ``unknown`` (no socket owned the connection)."""
 
-    def __init__(self, tokens: TokenSource | None = None, audit: AuditLog | None = None) -> None:
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterator[Any]:
+        refused = CounterMetricFamily(
+            f"{PREFIX}_foreign_connections_refused",
+            "Loopback connections refused because another user's socket opened them.", labels=["uid"])
+        for uid, count in sorted(self.gate.refusals.items()):
+            refused.add_metric([uid], count)
+        yield refused
+
+
+class Metrics:
+    """Counts requests, bytes and connections; reads token state, audit health and same-user
+    refusals from the components it is given (loaded alone with ``-s``: no token figures, the
+    audit log counts as writable, no refusals)."""
+
+    def __init__(self, tokens: TokenSource | None = None, audit: AuditLog | None = None,
+                 gate: Gate | None = None) -> None:
         self.tokens = tokens
         self.audit = audit
         self.registry = CollectorRegistry(auto_describe=True)
@@ -102,6 +120,8 @@ class Metrics:
         )
         self.audit_ok.set_function(self._audit_writable)
         self.registry.register(_TokenCollector(self))
+        if gate is not None:
+            self.registry.register(_RefusalCollector(gate))
         self.patterns: list[hosts.HostPattern] = []
 
     def configure(self, updated: set[str]) -> None:

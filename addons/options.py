@@ -62,25 +62,38 @@ OPTIONS: tuple[Option, ...] = (
            "(bcrypt or {SHA} entries)", metavar="USER:PASS|@FILE"),
     Option("confdir", "str", "",
            "holds the proxy CA and the trust bundles",
-           metavar="DIR", addon=False, commands=PROXY | {"ca"}),
+           metavar="DIR", addon=False, commands=PROXY | {"ca", "doctor"}),
     Option("inject_host", "list", list(DEFAULT_INJECT_HOSTS),
            "hosts that get a token (repeatable). Exact names or *.suffix; matching is on whole DNS "
            "labels, case-insensitive, ignoring a trailing dot: storage.googleapis.com matches, "
            "storage.googleapis.com.evil.test and evilgoogleapis.com do not",
            metavar="PATTERN"),
     Option("scopes", "list", list(DEFAULT_SCOPES),
-           "OAuth scopes for the token (repeatable or comma-separated)", metavar="SCOPE"),
+           "OAuth scopes for the token (repeatable or comma-separated)", metavar="SCOPE",
+           commands=PROXY | {"doctor"}),
     Option("resolve", "list", [],
            "connect upstream for hosts matching PATTERN to ADDR[:PORT] instead of resolving them, "
            "keeping SNI, certificate checks and Host on the name (repeatable; the most specific "
            "pattern wins; without :PORT the requested port is kept). Applies to every upstream "
            "connection and to the proxy's own token fetches. For Private Google Access "
            "(*.googleapis.com=199.36.153.4:443) and Private Service Connect endpoints",
-           metavar="PATTERN=ADDR[:PORT]"),
+           metavar="PATTERN=ADDR[:PORT]", commands=PROXY | {"doctor"}),
     Option("upstream_ca", "str", "",
            "trust this CA bundle in addition to the public roots for upstream TLS, for proxied "
            "traffic and token fetches alike",
-           metavar="FILE", addon=False),
+           metavar="FILE", addon=False, commands=PROXY | {"doctor"}),
+    Option("upstream_proxy", "str", "",
+           "send every upstream connection, and the proxy's own token fetches, through this HTTP "
+           "proxy, always as a CONNECT tunnel (plain http:// too): http://[USER:PASS@]HOST:PORT. "
+           "--resolve still picks the address asked for; errors name the upstream proxy",
+           metavar="URL"),
+    Option("upstream_proxy_auth", "str", "",
+           "the upstream proxy's credentials from a file holding USER:PASS (out of the process "
+           "list), sent as Basic Proxy-Authorization on each CONNECT", metavar="@FILE"),
+    Option("upstream_proxy_bypass", "list", [],
+           "connect directly, not through --upstream-proxy, to hosts matching this (repeatable): "
+           "an exact name or address, or *.suffix; matched on the name the client asked for. "
+           "Loopback and the GCE metadata server are always direct", metavar="PATTERN"),
     Option("audit_log", "str", "",
            "append one JSON line per request to an injected host to this file ('-': stdout); "
            "see the Audit log section", metavar="PATH"),
@@ -121,6 +134,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("shutdown_grace", "seconds", 10.0,
            "on SIGTERM, seconds to let requests in flight finish", metavar="S", addon=False,
            group="hardening"),
+    Option("allow_uid", "list", [],
+           "on a loopback address, serve other users' connections too: this uid (repeatable), or "
+           "'any' for every local user. By default only the proxy's own uid may connect (Linux; "
+           "root only when named); non-loopback listens rely on --proxy-auth instead",
+           metavar="UID|any", group="hardening"),
     Option("placeholder_tokens", "list", [],
            "placeholder bearer tokens to remove from requests (set by `run`, never a flag)",
            commands=frozenset()),

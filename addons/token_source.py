@@ -19,6 +19,7 @@ from addons import token_transport
 from addons.credentials import credential_type, load_credentials, principal
 from addons.resolve import ResolveRule
 from addons.token_cache import Token, TokenCache
+from addons.upstream_proxy import Routing
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +30,16 @@ class TokenSource:
         self._inflight: asyncio.Future[Token] | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._principal: tuple[tuple[Any, Any], str | None] | None = None
+        self.routing = Routing()  # direct, unless UpstreamProxy hands over --upstream-proxy
+        self._configured: tuple[Sequence[str], Sequence[ResolveRule], str | None] | None = None
 
     def configure(self, scopes: Sequence[str], rules: Sequence[ResolveRule], ca_bundle: str | None) -> None:
         """(Re)build the cache for these scopes, resolve rules and upstream CA bundle.
 
         Credentials load lazily, on the first fetch, off the event loop.
         """
-        transport = token_transport.make_request(rules, ca_bundle)
+        self._configured = (scopes, rules, ca_bundle)
+        transport = token_transport.make_request(rules, ca_bundle, routing=self.routing)
         scopes = list(scopes)
 
         def load() -> Any:
@@ -44,6 +48,14 @@ class TokenSource:
         self.cache = TokenCache(load, transport)
         self.cache.on_change = self._log_state
         self._inflight = None
+
+    def set_routing(self, routing: Routing) -> None:
+        """Fetch tokens through this upstream proxy (or directly); rebuilds a configured cache."""
+        if routing == self.routing:
+            return
+        self.routing = routing
+        if self._configured is not None:
+            self.configure(*self._configured)
 
     @property
     def credentials(self) -> Any:

@@ -8,18 +8,22 @@ from typing import Self
 from urllib.parse import urlencode
 
 from .certs import make_tls
+from .connect_proxy import ConnectProxy
 from .credentials import DEFAULT_TOKEN_URI, write_json
 from .federation import ALLOWED_AUDIENCE, DEFAULT_SUBJECT, FEDERATED_SA, IMPERSONATED_SA
 from .googleapis import GoogleApisApp
 from .metadata import AZURE_TOKEN_PATH, MetadataApp
 from .other_origin import OtherOriginApp
+from .pubsub import PubsubModel
+from .pubsub_faults import FaultServer
+from .pubsub_server import CallEvents, GrpcSite, other_grpc_site, pubsub_site
 from .records import RecordedRequest
 from .server import ServerThread, Site
 from .state import SharedState
 from .tokens import TokenStore
 
 GOOGLE_HOSTNAMES = ["*.googleapis.com", "googleapis.com"]
-OTHER_HOSTNAMES = ["www.example.test", "example.test"]
+OTHER_HOSTNAMES = ["www.example.test", "example.test", "grpc.example.test"]
 
 
 class FakeGoogle:
@@ -42,6 +46,22 @@ class FakeGoogle:
         self.googleapis_addr: tuple[str, int] = ("127.0.0.1", 0)
         self.metadata_addr: tuple[str, int] = ("127.0.0.1", 0)
         self.other_addr: tuple[str, int] = ("127.0.0.1", 0)
+        # gRPC (grpcio servers, their own threads): Pub/Sub and the test service on
+        # pubsub.googleapis.com, the test service on grpc.example.test, and a raw HTTP/2 upstream
+        # that resets streams (tests reach it under another *.googleapis.com name).
+        self.pubsub = PubsubModel()
+        self.grpc_calls = CallEvents()
+        self._grpc_sites: list[GrpcSite | FaultServer] = [
+            pubsub_site(self._state, self.pubsub, self.grpc_calls, google_tls.cert_pem, google_tls.key_pem),
+            other_grpc_site(self._state, self.grpc_calls, other_tls.cert_pem, other_tls.key_pem),
+            FaultServer(self._state, self.grpc_calls, google_tls.cert_pem, google_tls.key_pem),
+        ]
+        self.pubsub_addr: tuple[str, int] = ("127.0.0.1", 0)
+        self.grpc_other_addr: tuple[str, int] = ("127.0.0.1", 0)
+        self.grpc_faults_addr: tuple[str, int] = ("127.0.0.1", 0)
+        # A corporate-style CONNECT proxy in front of all of it (tests of --upstream-proxy).
+        self.connect_proxy = ConnectProxy()
+        self.connect_proxy_addr: tuple[str, int] = ("127.0.0.1", 0)
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> Self:
@@ -53,6 +73,10 @@ class FakeGoogle:
         self._state.stopping.clear()
         self._server = ServerThread(list(self._sites.values()))
         self._server.start()
+        self.pubsub_addr, self.grpc_other_addr, self.grpc_faults_addr = (s.start() for s in self._grpc_sites)
+        self.connect_proxy_addr = self.connect_proxy.start(
+            {name: self.googleapis_addr for name in GOOGLE_HOSTNAMES}
+            | {name: self.other_addr for name in ("*.example.test", "example.test")})
         return self
 
     def stop(self) -> None:
@@ -60,8 +84,13 @@ class FakeGoogle:
         if self._server is None:
             return
         self._state.stopping.set()
+        self.grpc_calls.clear()  # opens every gate a call may still wait on
+        for site in self._grpc_sites:
+            site.stop()
+        self.pubsub.wake()
         self._server.stop()
         self._server = None
+        self.connect_proxy.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -204,6 +233,11 @@ class FakeGoogle:
         """Where a non-Google origin ever received a token this fake issued (never cleared)."""
         return list(self._state.leaks)
 
+    def issue_token(self) -> str:
+        """A valid access token straight from the store, for a test or benchmark that calls an API
+        directly (as the proxy would after a token fetch); it is on ``issued_tokens`` like any other."""
+        return self._state.tokens.issue()[0]
+
     def revoke(self, token: str) -> None:
         self._state.tokens.revoke(token)
 
@@ -221,6 +255,7 @@ class FakeGoogle:
     def clear_requests(self) -> None:
         self._state.log.clear()
         self._state.metadata_requests.clear()
+        self.grpc_calls.clear()
 
     def reset_storage(self) -> None:
         """Drop every bucket and object tests created; keep demo-bucket/hello.txt and bench."""

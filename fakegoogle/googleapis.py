@@ -8,8 +8,11 @@ from typing import Any
 from .compute import compute
 from .http import (
     App,
+    Receive,
     Request,
     Response,
+    Scope,
+    Send,
     google_error,
     json_response,
 )
@@ -19,6 +22,7 @@ from .projects import bigquery, resource_manager
 from .records import RecordedRequest
 from .state import SharedState
 from .storage_api import StorageApi
+from .streaming import aiplatform, is_aiplatform, websocket_echo
 from .sts import ENDPOINTS as STS_ENDPOINTS
 from .sts import sts_endpoint
 from .tokens import bearer_token
@@ -47,6 +51,8 @@ UNAUTHENTICATED = {
 
 def service_for(host: str) -> str:
     """Which fake service answers for ``host`` (already lower-case, no port)."""
+    if is_aiplatform(host):
+        return "aiplatform"  # regional names too: us-central1-aiplatform.googleapis.com
     name = host.removesuffix(".googleapis.com")
     return {
         "oauth2": "oauth2",
@@ -108,6 +114,12 @@ class GoogleApisApp(App):
 
     drain_body = False  # routes read bodies themselves, so uploads stream
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await websocket_echo(scope, receive, send, self.state)  # checks the token on the upgrade
+            return
+        await super().__call__(scope, receive, send)
+
     def internal_error(self, request: Request) -> Response:
         log.exception("fakegoogle handler failed for %s %s", request.method, request.full_path)
         return google_error(500, "Internal error in fakegoogle.")
@@ -144,6 +156,8 @@ class GoogleApisApp(App):
         segments = request.segments
         if service == "storage" or (service == "www" and segments[0] in STORAGE_ROOTS):
             return await self.storage.handle(request)
+        if service == "aiplatform":
+            return await aiplatform(request, self.state)
         for handler in PLAIN_HANDLERS.get(service, ()):
             if (found := handler(request.method, segments)) is not None:
                 return found

@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``run -- CMD``, ``env``, ``ca``, ``demo``; maps errors to exit codes."""
+"""Command line: ``serve``, ``run -- CMD``, ``env``, ``ca``, ``doctor``, ``demo``; maps errors to exit codes."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 # The demo ships with the fake Google, not with the proxy: it runs as its own program and drives
 # `python -m proxy` the way a user would, so nothing in proxy/ imports the fake.
 DEMO_MODULE = "fakegoogle.demo"
-DEMO_NEEDS = ("fakegoogle", "hypercorn", "trustme", "google_crc32c", "google.cloud.storage")
+DEMO_NEEDS = ("fakegoogle", "hypercorn", "trustme", "google_crc32c", "google.cloud.storage", "grpc",
+              "google.pubsub_v1")
 DEMO_CLEANUP_TIMEOUT = 30.0
 
 
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("path", metavar="PATH", help="an audit log file, or - for stdin")
     summary.add_argument("--json", action="store_true", help="print the summary as JSON")
     summary.add_argument("--top", type=int, default=10, metavar="N", help="rows in the error and slowest lists")
+    doctor = sub.add_parser("doctor", help="check what the proxy would do here (credentials, token, CA, "
+                            "this shell's variables), without starting it; exit 1 on a failure")
+    for option in settings_mod.USER_OPTIONS:
+        if "doctor" in option.commands:
+            add_option_flag(doctor, option)
+    doctor.add_argument("--json", action="store_true", help="print the checks as a JSON list")
     return parser
 
 
@@ -133,6 +140,12 @@ def cmd_ca(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from proxy import doctor
+
+    return doctor.main(_settings(args), as_json=args.json)
+
+
 def _missing_modules(names: Sequence[str]) -> list[str]:
     missing = []
     for name in names:
@@ -166,7 +179,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Any] = {"serve": cmd_serve, "ca": cmd_ca, "demo": cmd_demo,
-                            "run": runcmd.cmd_run, "env": runcmd.cmd_env, "audit": cmd_audit}
+                            "run": runcmd.cmd_run, "env": runcmd.cmd_env, "audit": cmd_audit,
+                            "doctor": cmd_doctor}
 
 
 def main(argv: Sequence[str]) -> int:

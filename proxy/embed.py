@@ -26,9 +26,9 @@ from proxy.settings import USER_OPTIONS, Settings
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
-# Bodies above this stream through (flat memory); smaller ones are buffered, so a request whose
-# token was rejected (401) can be replayed once with a fresh token.
-STREAM_THRESHOLD = "1m"
+# addons/streaming.py streams every body but a small request held for the 401 replay (at most
+# 64 KiB); mitmproxy's own threshold is the fallback for bodies no addon decided on.
+STREAM_THRESHOLD = "64k"
 # Our components run as one mitmproxy addon (addons/pipeline.py) under a dispatcher that calls
 # only the addons implementing a hook (proxy/dispatch.py). benchmarks/separate_addons.py turns
 # both off to measure the design without them.

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from addons import options
 from addons.placeholder import PLACEHOLDER_PREFIX
+from addons.same_user import Gate, admit_stream, is_loopback_host
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,10 @@ def _encode(answer_: Answer, head_only: bool) -> bytes:
     return "\r\n".join(head).encode() + (b"" if head_only else body)
 
 
-async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, identity: Identity) -> None:
+async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, identity: Identity,
+                  gate: Gate | None) -> None:
+    if gate is not None and not await admit_stream(gate, reader, writer, "placeholder metadata endpoint"):
+        return
     try:
         raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=30)
         lines = raw[:-4].decode("latin-1").split("\r\n")
@@ -159,10 +163,19 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, id
         writer.close()
 
 
-async def serve_metadata(identity: Identity, host: str = "127.0.0.1") -> asyncio.Server:
-    """Start the endpoint on ``host``, an ephemeral port; the caller closes the returned server."""
+async def serve_metadata(identity: Identity, host: str = "127.0.0.1", gate: Gate | None = None) -> asyncio.Server:
+    """Start the endpoint on ``host``, an ephemeral port; the caller closes the returned server.
+
+    On loopback only the uids ``gate`` admits may connect (addons/same_user.py); without a gate,
+    only this process's own uid.
+    """
+    if is_loopback_host(host):
+        gate = gate or Gate()
+        gate.prepare()
+    else:
+        gate = None  # the uid rule is for loopback listeners only
     return await asyncio.start_server(
-        lambda r, w: _handle(r, w, identity), host, 0, limit=_MAX_HEAD,
+        lambda r, w: _handle(r, w, identity, gate), host, 0, limit=_MAX_HEAD,
     )
 
 

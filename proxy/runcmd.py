@@ -28,6 +28,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "--no-placeholder", dest="placeholder", action="store_false",
         help="do not give CMD placeholder credentials (a loopback GCE metadata endpoint)",
     )
+    run.add_argument(
+        "--isolate", action="store_true",
+        help="run CMD in its own network namespace (Linux, unprivileged) where the only reachable "
+             "address is the proxy: a direct connection or DNS lookup fails at once. A network "
+             "fence, not a sandbox: the file system is shared",
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the command to run")
     env = sub.add_parser(
         "env", parents=[common],
@@ -52,10 +58,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     outer = base.get(wrap.MARKER)
     if outer:
         given = _given_proxy_options(args)
-        if given or not args.placeholder:
+        if not args.placeholder:
+            given.append("--no-placeholder")
+        if args.isolate:
+            given.append("--isolate")  # the outer run decides (put --isolate on it)
+        if given:
             raise ProxyError(
                 f"already running under gcp-auth-proxy ({outer}); a nested run reuses that proxy "
-                f"and cannot take {', '.join(given) or '--no-placeholder'}", ExitStatus.NOPERM,
+                f"and cannot take {', '.join(given)}", ExitStatus.NOPERM,
             )
         return asyncio.run(wrap.run_child(argv, base))
     flags = dict(vars(args))
@@ -64,7 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_mod.from_sources(flags)
     logs.configure_logging(verbose=settings.verbose, log_file=settings.log_file, fmt=settings.log_format,
                            quiet=True)
-    return asyncio.run(wrap.run_wrapped(settings, argv, base, placeholder=args.placeholder))
+    return asyncio.run(wrap.run_wrapped(settings, argv, base, placeholder=args.placeholder,
+                                        isolated=args.isolate))
 
 
 def env_for_serve(settings: settings_mod.Settings, base: dict[str, str]) -> dict[str, str]:

@@ -19,6 +19,8 @@ from addons import hosts
 from addons.options import BY_NAME, CLIENT_AUTH_MODES, LOG_FORMATS, OPTIONS, Option
 from addons.proxy_auth import parse_proxy_auth
 from addons.resolve import parse_resolve_rule
+from addons.same_user import parse_allow_uid
+from addons.upstream_proxy import parse_routing
 from proxy.errors import ProxyError
 
 DEFAULT_LISTEN = BY_NAME["listen"].default
@@ -45,6 +47,9 @@ class Settings:
     scopes: tuple[str, ...] = _default("scopes")
     resolve: tuple[str, ...] = ()
     upstream_ca: Path | None = None
+    upstream_proxy: str | None = None  # http://[USER:PASS@]HOST:PORT (may hold a password: never log it)
+    upstream_proxy_auth: str | None = None  # @FILE
+    upstream_proxy_bypass: tuple[str, ...] = ()
     audit_log: str | None = None
     admin_listen: str | None = None
     client_auth: str = _default("client_auth")
@@ -60,6 +65,7 @@ class Settings:
     connect_timeout: float = _default("connect_timeout")
     read_timeout: float = _default("read_timeout")
     shutdown_grace: float = _default("shutdown_grace")
+    allow_uid: tuple[str, ...] = ()  # loopback: uids besides our own, or ("any",)
 
     @property
     def listen_host(self) -> str:
@@ -125,7 +131,7 @@ ENV_PREFIX = "GCP_AUTH_PROXY_"
 _OTHER_VARIABLES = frozenset({"GCP_AUTH_PROXY_RUN"})
 
 # argparse attributes that are not settings: the subcommand and per-command arguments.
-_NOT_OPTIONS = frozenset({"command", "argv", "placeholder", "format", "keep", "audit_command", "path",
+_NOT_OPTIONS = frozenset({"command", "argv", "placeholder", "isolate", "format", "keep", "audit_command", "path",
                           "json", "top"})
 
 
@@ -181,6 +187,13 @@ def validate(values: Mapping[str, Any]) -> Settings:
     upstream_ca_path = Path(upstream_ca).expanduser() if upstream_ca else None
     if upstream_ca_path is not None and not upstream_ca_path.is_file():
         raise ProxyError(f"--upstream-ca {upstream_ca_path} is not a readable file")
+    upstream_proxy = values.get("upstream_proxy") or None
+    upstream_proxy_auth = values.get("upstream_proxy_auth") or None
+    upstream_proxy_bypass = tuple(values.get("upstream_proxy_bypass") or ())
+    try:
+        parse_routing(upstream_proxy or "", upstream_proxy_auth or "", upstream_proxy_bypass)
+    except ValueError as e:  # the message starts with the flag
+        raise ProxyError(str(e)) from None
 
     client_auth = values.get("client_auth", "keep")
     if client_auth not in CLIENT_AUTH_MODES:
@@ -198,6 +211,9 @@ def validate(values: Mapping[str, Any]) -> Settings:
         scopes=scopes,
         resolve=resolve,
         upstream_ca=upstream_ca_path,
+        upstream_proxy=upstream_proxy,
+        upstream_proxy_auth=upstream_proxy_auth,
+        upstream_proxy_bypass=upstream_proxy_bypass,
         audit_log=values.get("audit_log") or None,
         admin_listen=_admin_listen(values.get("admin_listen"), proxy_auth),
         client_auth=client_auth,
@@ -240,6 +256,11 @@ def _hardening(values: Mapping[str, Any]) -> dict[str, Any]:
         except ValueError as e:
             raise ProxyError(f"--allow-host: {e}") from None
     out: dict[str, Any] = {"allow_host": allow}
+    try:
+        uids = parse_allow_uid(values.get("allow_uid") or ())
+    except ValueError as e:
+        raise ProxyError(f"--allow-uid: {e}") from None
+    out["allow_uid"] = ("any",) if uids.any_uid else tuple(str(u) for u in sorted(uids.uids))
     defaults = Settings()
     for name in ("max_connections", "max_header_size"):
         raw = values.get(name)

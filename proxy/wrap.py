@@ -3,11 +3,14 @@
 The child gets a copy of our environment plus the proxy and CA variables each client family
 reads; our own process never takes them. Signals are forwarded, the child's exit status is
 returned unchanged (128+N when signal N killed it), and the proxy shuts down when the child exits.
+With ``--isolate`` the child runs in its own network namespace whose loopback leads only to the
+proxy and the placeholder endpoint (proxy/isolate.py); its environment is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -22,7 +25,8 @@ from urllib.parse import urlsplit
 
 from mitmproxy.master import Master
 
-from proxy import trust
+from addons import same_user
+from proxy import isolate, trust
 from proxy.errors import ExitStatus, ProxyError
 from proxy.settings import Settings
 
@@ -207,17 +211,23 @@ def proxy_url_for(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def run_child(argv: Sequence[str], env: Mapping[str, str]) -> int:
+async def run_child(argv: Sequence[str], env: Mapping[str, str], *,
+                    fence: Sequence[tuple[str, int]] | None = None) -> int:
     """Run ``argv`` with ``env``, forwarding signals; returns its status (128+N if killed by N).
 
     Signal handlers go in before the child is spawned, so a signal that arrives while it starts
     is delivered to it as soon as it exists rather than killing us.
 
+    Args:
+        fence: run it isolated (``--isolate``), with these loopback addresses forwarded.
+
     Raises:
-        ProxyError: the command could not be started (127 not found, 126 not executable).
+        ProxyError: the command could not be started (127 not found, 126 not executable; 69 the
+            kernel refused the namespaces).
     """
     loop = asyncio.get_running_loop()
     proc: asyncio.subprocess.Process | None = None
+    isolated: isolate.Fence | None = None
     pending: list[signal.Signals] = []
 
     def forward(sig: signal.Signals) -> None:
@@ -233,7 +243,11 @@ async def run_child(argv: Sequence[str], env: Mapping[str, str]) -> int:
         loop.add_signal_handler(sig, forward, sig)
     try:
         try:
-            proc = await asyncio.create_subprocess_exec(*argv, env=dict(env))
+            if fence is not None:
+                isolated = await isolate.spawn(argv, dict(env), fence)
+                proc = isolated.proc
+            else:
+                proc = await asyncio.create_subprocess_exec(*argv, env=dict(env))
         except FileNotFoundError:
             raise ProxyError(f"cannot run {argv[0]}: command not found", ExitStatus.NOTFOUND) from None
         except PermissionError:
@@ -246,6 +260,28 @@ async def run_child(argv: Sequence[str], env: Mapping[str, str]) -> int:
     finally:
         for sig in FORWARDED_SIGNALS:
             loop.remove_signal_handler(sig)
+        if isolated is not None:
+            await isolated.close()
+
+
+def fence_addresses(proxy: tuple[str, int], metadata_host: str | None) -> list[tuple[str, int]]:
+    """The loopback addresses an isolated child needs: the proxy, and the placeholder endpoint.
+
+    Raises:
+        ProxyError: the proxy listens elsewhere than on loopback (the namespace has nothing else).
+    """
+    addresses = [proxy]
+    if metadata_host is not None:
+        host, _, port = metadata_host.rpartition(":")
+        addresses.append((host.strip("[]"), int(port)))
+    for host, _port in addresses:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ProxyError(f"--isolate needs the proxy on a loopback address, not {host} (see --listen)")
+    return addresses
 
 
 async def run_wrapped(
@@ -255,11 +291,17 @@ async def run_wrapped(
     *,
     placeholder: bool = True,
     on_env: Callable[[Mapping[str, str]], None] | None = None,
+    isolated: bool = False,
 ) -> int:
-    """Start the proxy (and the placeholder metadata endpoint), run ``argv``, shut both down."""
+    """Start the proxy (and the placeholder metadata endpoint), run ``argv``, shut both down.
+
+    ``isolated``: run it in a network namespace of its own (``--isolate``, proxy/isolate.py).
+    """
     from proxy import embed
     from proxy import placeholder as ph
 
+    if isolated and (why_not := isolate.supported()):
+        raise ProxyError(why_not, ExitStatus.UNAVAILABLE)
     loop = asyncio.get_running_loop()
     # Until the child runs, a signal stops us cleanly (the child does not exist yet).
     stop = asyncio.Event()
@@ -283,7 +325,9 @@ async def run_wrapped(
         if placeholder:
             token = ph.new_placeholder()
             extra["placeholder_tokens"] = [token]
-            metadata_server = await ph.serve_metadata(ph.Identity(token, ph.default_project(base)))
+            # The same uid rule as the proxy port: only this user (and --allow-uid) may ask.
+            gate = same_user.Gate(same_user.parse_allow_uid(settings.allow_uid))
+            metadata_server = await ph.serve_metadata(ph.Identity(token, ph.default_project(base)), gate=gate)
 
         def on_ready(addresses: list[tuple[str, int]]) -> None:
             if not ready.done():
@@ -306,15 +350,14 @@ async def run_wrapped(
         url = proxy_url_for(host, port)
         boto = workdir / "boto.cfg"
         boto.write_text(boto_config(url, ca.bundle))
-        env = child_env(
-            base, url, ca, boto_file=str(boto),
-            metadata_host=ph.server_address(metadata_server) if metadata_server else None,
-        )
+        metadata_host = ph.server_address(metadata_server) if metadata_server else None
+        env = child_env(base, url, ca, boto_file=str(boto), metadata_host=metadata_host)
+        fence = fence_addresses((host, port), metadata_host) if isolated else None
         if on_env is not None:
             on_env(env)
         if received:
             return 128 + received[0]
-        return await run_child(argv, env)  # replaces the start-up signal handlers with its own
+        return await run_child(argv, env, fence=fence)  # replaces the start-up signal handlers with its own
     finally:
         for sig in FORWARDED_SIGNALS:
             loop.remove_signal_handler(sig)

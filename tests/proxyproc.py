@@ -123,6 +123,7 @@ def proxy_args(fake: FakeGoogle, confdir: Path, *extra: str) -> list[str]:
         "--listen", "127.0.0.1:0",
         "--confdir", str(confdir),
         "--resolve", f"*.googleapis.com={g_host}:{g_port}",
+        "--resolve", "pubsub.googleapis.com={}:{}".format(*fake.pubsub_addr),  # gRPC; the exact name wins
         "--resolve", f"*.example.test={o_host}:{o_port}",
         "--upstream-ca", str(fake.google_ca_pem),
         *extra,

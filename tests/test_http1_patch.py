@@ -1,4 +1,4 @@
-"""addons/http1_patch.py: what it wraps in mitmproxy's HTTP/1 server, once, per master, 12.x only."""
+"""addons/http1_patch.py: what it wraps in mitmproxy's HTTP/1 and HTTP/2 servers, once, per master, 12.x only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from mitmproxy import connection, options
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.layers.http import ErrorCode, _http1
+from mitmproxy.proxy.layers.http import ErrorCode, _http1, _http2
 from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 from mitmproxy.test import taddons, tflow
 
@@ -17,19 +17,21 @@ from addons import http1_patch
 from addons.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
-WRAPPED = (("Http1Server", "send"), ("Http1Server", "read_headers"), (None, "make_error_response"))
+WRAPPED: tuple[tuple[object, str], ...] = (
+    (_http1.Http1Server, "send"), (_http1.Http1Server, "read_headers"), (_http1, "make_error_response"),
+    (_http2.Http2Server, "_handle_event"),
+)
 
 
 def _current() -> list[object]:
-    return [getattr(_http1.Http1Server if owner else _http1, name) for owner, name in WRAPPED]
+    return [getattr(owner, name) for owner, name in WRAPPED]
 
 
 @pytest.fixture
 def fresh(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """As if install() had never run in this process; the three functions are restored afterwards."""
+    """As if install() had never run in this process; the wrapped functions are restored afterwards."""
     for owner, name in WRAPPED:
-        target = _http1.Http1Server if owner else _http1
-        monkeypatch.setattr(target, name, getattr(target, name))
+        monkeypatch.setattr(owner, name, getattr(owner, name))
     monkeypatch.setattr(http1_patch, "_installed", None)
     return _current()
 
