@@ -186,19 +186,17 @@ def test_ip_literal_connect_target_with_google_server_name_gets_no_token(target,
     assert all(not r.token_valid for r in fake.requests), "a token reached an IP-literal destination"
 
 
-def test_http2_authority_naming_another_host_gets_421(target, fake: FakeGoogle):
-    pp, auth = target
-    sock = open_tunnel(pp, f"{GOOGLE}:443", auth)
+def h2_get(pp: ProxyProcess, sock: socket.socket, authority: str, path: str) -> tuple[int | None, bytes]:
+    """One HTTP/2 GET over TLS in an open tunnel, with any ``:authority`` and ``:path``: (status, body)."""
     with client_context(pp, ["h2"]).wrap_socket(sock, server_hostname=GOOGLE) as tls:
         assert tls.selected_alpn_protocol() == "h2"
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                     validate_outbound_headers=False))
         conn.initiate_connection()
-        conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", EVIL),
-                              (":path", "/echo")], end_stream=True)
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", authority),
+                              (":path", path)], end_stream=True)
         tls.sendall(conn.data_to_send())
-        got_status = None
-        body = b""
-        done = False
+        got_status, body, done = None, b"", False
         while not done:
             data = tls.recv(65536)
             if not data:
@@ -209,9 +207,16 @@ def test_http2_authority_naming_another_host_gets_421(target, fake: FakeGoogle):
                 elif isinstance(event, h2.events.DataReceived):
                     body += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset,
+                                        h2.events.ConnectionTerminated)):
                     done = True
             tls.sendall(conn.data_to_send())
+    return got_status, body
+
+
+def test_http2_authority_naming_another_host_gets_421(target, fake: FakeGoogle):
+    pp, auth = target
+    got_status, body = h2_get(pp, open_tunnel(pp, f"{GOOGLE}:443", auth), EVIL, "/echo")
     assert got_status == 421
     assert_no_token_anywhere(fake, body)
     assert not fake.requests
