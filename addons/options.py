@@ -53,6 +53,10 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
+    Option("config", "str", "",
+           "read settings from this TOML file: keys are the option names (inject_host = "
+           "[\"*.googleapis.com\"]); flags and environment variables override it. See Config file",
+           metavar="FILE", addon=False, commands=PROXY | {"doctor"}),
     Option("listen", "str", "127.0.0.1:8080",
            "where to listen. A non-loopback address is refused without --proxy-auth: an open "
            "proxy that hands out Google credentials is a break-in",

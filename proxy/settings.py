@@ -1,7 +1,8 @@
-"""Settings: flags, then GCP_AUTH_PROXY_* environment variables, then defaults; validated once.
+"""Settings: flags, then GCP_AUTH_PROXY_* environment variables, then a --config file, then defaults.
 
-This is the only module that reads the environment or option files for the proxy's own
-configuration. Everything downstream (embed.py, the addons) receives a validated Settings.
+This is the only module that reads the environment or option files (through proxy.config_file)
+for the proxy's own configuration; the merged values are validated once. Everything downstream
+(embed.py, the addons) receives a validated Settings.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from addons.proxy_auth import parse_proxy_auth
 from addons.resolve import parse_resolve_rule
 from addons.same_user import parse_allow_uid
 from addons.upstream_proxy import parse_routing
+from proxy import config_file
 from proxy.errors import ProxyError
 
 DEFAULT_LISTEN = BY_NAME["listen"].default
@@ -40,6 +42,7 @@ class Settings:
     """Everything the proxy needs to run, already validated. Fields are the option names
     (addons/options.py; a test keeps them equal); help for each is in that table."""
 
+    config: Path | None = None  # the TOML file the values below were read from, if any
     listen: str = _default("listen")
     proxy_auth: str | None = None  # required off loopback
     confdir: Path = field(default_factory=default_confdir)
@@ -101,7 +104,10 @@ def _from_env(option: Option, environ: Mapping[str, str]) -> Any:
 
 
 def from_sources(flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
-    """Merge flags (None = not given) over environment over defaults, then validate.
+    """Merge flags (None = not given) over environment over the config file over defaults, then validate.
+
+    The file is named by ``--config`` or ``GCP_AUTH_PROXY_CONFIG``. A bad value from it is reported
+    as ``FILE:LINE: key NAME: ...``; a bad flag or variable as before.
 
     Raises:
         ProxyError: for an unknown option name (a programming error: names come from the table)
@@ -116,14 +122,36 @@ def from_sources(flags: Mapping[str, Any], environ: Mapping[str, str] | None = N
     if stray:  # GCP_AUTH_PROXY_INJECT_HOSTS=... must not be silently ignored
         raise ProxyError(f"unknown variable {stray[0]}: the options are "
                          f"{', '.join(o.env for o in USER_OPTIONS)}")
+    config = flags.get("config") or _from_env(BY_NAME["config"], environ)
+    from_file = config_file.load_config(config) if config else {}
     merged: dict[str, Any] = {}
     for option in USER_OPTIONS:
         value = flags.get(option.name)
         if value is None or (option.kind == "list" and not value):
             value = _from_env(option, environ)
+        if value is None and option.name in from_file:
+            value = from_file[option.name]
+        else:
+            from_file.pop(option.name, None)  # overridden: a bad value there is not what failed
         if value is not None:
             merged[option.name] = value
-    return validate(merged)
+    try:
+        return validate(merged)
+    except OptionError as e:
+        if e.option not in from_file:
+            raise
+        flag = _flag(e.option)
+        message = str(e)
+        detail = message[len(flag):].lstrip(": ") if message.startswith(flag) else message
+        raise ProxyError(f"{config_file.locate(config, e.option)}: key {e.option}: {detail}") from None
+
+
+class OptionError(ProxyError):
+    """A bad value of one option (``option``); from_sources re-words it when the value came from the file."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 ENV_PREFIX = "GCP_AUTH_PROXY_"
@@ -156,16 +184,19 @@ def is_loopback(host: str) -> bool:
 def validate(values: Mapping[str, Any]) -> Settings:
     """Build Settings from raw values; every error names the flag and says what to do."""
     listen = values.get("listen", DEFAULT_LISTEN)
-    host, port = parse_listen(listen)
+    try:
+        host, port = parse_listen(listen)
+    except ProxyError as e:
+        raise OptionError("listen", str(e)) from None
     proxy_auth = values.get("proxy_auth") or None
     if proxy_auth:
         try:
             parse_proxy_auth(proxy_auth)
         except ValueError as e:
-            raise ProxyError(f"--proxy-auth: {e}") from None
+            raise OptionError("proxy_auth", f"--proxy-auth: {e}") from None
     elif not is_loopback(host):
-        raise ProxyError(
-            f"refusing to listen on {host}:{port} without --proxy-auth: an open proxy would hand "
+        raise OptionError(
+            "listen", f"refusing to listen on {host}:{port} without --proxy-auth: an open proxy would hand "
             "Google credentials to anyone who can reach it"
         )
 
@@ -174,36 +205,39 @@ def validate(values: Mapping[str, Any]) -> Settings:
         try:
             hosts.parse_host_pattern(pattern)
         except ValueError as e:
-            raise ProxyError(f"--inject-host: {e}") from None
+            raise OptionError("inject_host", f"--inject-host: {e}") from None
     scopes = tuple(s for scope in values.get("scopes") or _default("scopes") for s in _split_scopes(scope))
     resolve = tuple(values.get("resolve") or ())
     for rule in resolve:
         try:
             parse_resolve_rule(rule)
         except ValueError as e:
-            raise ProxyError(f"--resolve: {e}") from None
+            raise OptionError("resolve", f"--resolve: {e}") from None
 
     upstream_ca = values.get("upstream_ca")
     upstream_ca_path = Path(upstream_ca).expanduser() if upstream_ca else None
     if upstream_ca_path is not None and not upstream_ca_path.is_file():
-        raise ProxyError(f"--upstream-ca {upstream_ca_path} is not a readable file")
+        raise OptionError("upstream_ca", f"--upstream-ca {upstream_ca_path} is not a readable file")
     upstream_proxy = values.get("upstream_proxy") or None
     upstream_proxy_auth = values.get("upstream_proxy_auth") or None
     upstream_proxy_bypass = tuple(values.get("upstream_proxy_bypass") or ())
     try:
         parse_routing(upstream_proxy or "", upstream_proxy_auth or "", upstream_proxy_bypass)
     except ValueError as e:  # the message starts with the flag
-        raise ProxyError(str(e)) from None
+        names = ("upstream_proxy_bypass", "upstream_proxy_auth", "upstream_proxy")  # longest flag first
+        raise OptionError(next((n for n in names if str(e).startswith(_flag(n))), "upstream_proxy"), str(e)) from None
 
     client_auth = values.get("client_auth", "keep")
     if client_auth not in CLIENT_AUTH_MODES:
-        raise ProxyError(f"--client-auth must be one of {', '.join(CLIENT_AUTH_MODES)}, not {client_auth!r}")
+        raise OptionError("client_auth", f"--client-auth must be one of {', '.join(CLIENT_AUTH_MODES)}, not {client_auth!r}")
     log_format = values.get("log_format", "text")
     if log_format not in LOG_FORMATS:
-        raise ProxyError(f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+        raise OptionError("log_format", f"--log-format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
 
     confdir = values.get("confdir")
+    config = values.get("config")
     return Settings(
+        config=Path(config).expanduser() if config else None,
         listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         proxy_auth=proxy_auth,
         confdir=Path(confdir).expanduser() if confdir else default_confdir(),
@@ -234,10 +268,10 @@ def _admin_listen(text: str | None, proxy_auth: str | None) -> str | None:
     try:
         host, _port = parse_admin_listen(text)
     except ValueError as e:
-        raise ProxyError(f"--admin-listen: {e}") from None
+        raise OptionError("admin_listen", f"--admin-listen: {e}") from None
     if not proxy_auth and not is_loopback(host):
-        raise ProxyError(
-            f"refusing to serve the admin endpoints on {host} without --proxy-auth: "
+        raise OptionError(
+            "admin_listen", f"refusing to serve the admin endpoints on {host} without --proxy-auth: "
             "use a loopback address such as 127.0.0.1:9090"
         )
     return text
@@ -254,12 +288,12 @@ def _hardening(values: Mapping[str, Any]) -> dict[str, Any]:
         try:
             hosts.parse_host_pattern(pattern)
         except ValueError as e:
-            raise ProxyError(f"--allow-host: {e}") from None
+            raise OptionError("allow_host", f"--allow-host: {e}") from None
     out: dict[str, Any] = {"allow_host": allow}
     try:
         uids = parse_allow_uid(values.get("allow_uid") or ())
     except ValueError as e:
-        raise ProxyError(f"--allow-uid: {e}") from None
+        raise OptionError("allow_uid", f"--allow-uid: {e}") from None
     out["allow_uid"] = ("any",) if uids.any_uid else tuple(str(u) for u in sorted(uids.uids))
     defaults = Settings()
     for name in ("max_connections", "max_header_size"):
@@ -269,7 +303,7 @@ def _hardening(values: Mapping[str, Any]) -> dict[str, Any]:
         raw = values.get(name)
         out[name] = getattr(defaults, name) if raw is None else _seconds(name, raw)
     if out["idle_timeout"] < 1:
-        raise ProxyError("--idle-timeout must be at least 1 second")
+        raise OptionError("idle_timeout", "--idle-timeout must be at least 1 second")
     return out
 
 
@@ -283,7 +317,7 @@ def _size(name: str, raw: Any) -> int:
     scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
     digits = text[:-1] if scale > 1 else text
     if not digits.isdigit() or len(digits) > 12:
-        raise ProxyError(f"{_flag(name)} {raw!r} is not a whole number (e.g. 256, 64k)")
+        raise OptionError(name, f"{_flag(name)} {raw!r} is not a whole number (e.g. 256, 64k)")
     return int(digits) * scale
 
 
@@ -292,7 +326,7 @@ def _seconds(name: str, raw: Any) -> float:
     try:
         value = float(str(raw).strip().removesuffix("s"))
     except ValueError:
-        raise ProxyError(f"{_flag(name)} {raw!r} is not a number of seconds") from None
+        raise OptionError(name, f"{_flag(name)} {raw!r} is not a number of seconds") from None
     if not 0 <= value <= 86400 * 7:
-        raise ProxyError(f"{_flag(name)} {raw!r} must be between 0 and 604800 seconds")
+        raise OptionError(name, f"{_flag(name)} {raw!r} must be between 0 and 604800 seconds")
     return value

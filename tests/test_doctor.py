@@ -162,7 +162,7 @@ def test_doctor_takes_only_its_options_from_the_table():
     parser = cli.build_parser()
     sub = parser._subparsers._group_actions[0].choices["doctor"]  # type: ignore[union-attr]
     dests = {a.dest for a in sub._actions if a.dest != "help"}
-    assert dests == {"confdir", "resolve", "upstream_ca", "scopes", "json"}
+    assert dests == {"config", "confdir", "resolve", "upstream_ca", "scopes", "json"}
     assert cli.main(["doctor", "--listen", "127.0.0.1:1"]) == 64
 
 
