@@ -1,0 +1,308 @@
+"""Routes (who speaks as whom) and rules (what may happen at all), as pure data and pure decisions.
+
+No mitmproxy, no I/O: the proxy, ``policy check`` / ``policy explain`` and the tests all decide
+with the same functions. Reading the config file is addons/policy_file.py's job.
+
+Routes pick the credential for a request: the **most specific** matching route wins, compared in
+this order (the first difference decides):
+
+1. a route naming ``proxy_users`` beats one for everyone (a user's own route is never overridden
+   by a more specific host elsewhere: two users stay two principals everywhere their routes reach);
+2. the host pattern: an exact name beats a wildcard, a longer suffix beats a shorter one;
+3. the path: a route with ``paths`` beats one without, a longer literal prefix beats a shorter one;
+4. the order written: file routes in file order, then the shorthand flags (``--id-token-host``,
+   then ``--inject-host``).
+
+Rules decide whether a call may happen: the **first** matching rule wins; when none matches,
+``default`` does. A rule that names ``api_methods`` or ``resources`` never matches a call whose
+API method the proxy does not recognise (nor a tunnel, whose requests it does not see).
+
+Glob syntax: in ``resources`` and route ``paths``, ``*`` matches within one ``/`` segment and
+``**`` across segments; in ``api_methods``, ``*`` matches any run of characters
+(``compute.instances.*``, ``storage.*``); ``?`` matches one character. Matching is case-sensitive,
+except host names.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from addons import hosts
+from addons.hosts import HostPattern
+
+CredentialKind = Literal["adc", "none", "impersonate", "id_token", "key_file"]
+Action = Literal["allow", "deny"]
+
+# What the audit log's ``credential`` field says for each kind.
+_LABELS = {"adc": "adc", "none": "none", "impersonate": "impersonated", "id_token": "id_token",
+           "key_file": "key_file"}
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Which credential a route uses. Equal credentials share one token cache.
+
+    ``chain``: service accounts, gcloud's order (the last one is the target, the ones before it
+    the delegates); for ``id_token`` an empty chain mints with ADC. ``audience``: for ``id_token``;
+    None means ``https://HOST`` of each request.
+    """
+
+    kind: CredentialKind
+    chain: tuple[str, ...] = ()
+    audience: str | None = None
+    key_file: str | None = None
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self.kind]
+
+    @property
+    def injects(self) -> bool:
+        return self.kind != "none"
+
+    def describe(self) -> str:
+        """One phrase for ``policy check`` and log lines."""
+        if self.kind == "adc":
+            return "ADC (Application Default Credentials)"
+        if self.kind == "none":
+            return "none (no token added)"
+        if self.kind == "impersonate":
+            return f"impersonate {_chain_text(self.chain)}"
+        if self.kind == "key_file":
+            return f"key file {self.key_file}"
+        audience = self.audience or "https://HOST"
+        via = f" as {_chain_text(self.chain)}" if self.chain else " with ADC"
+        return f"ID token for audience {audience}{via}"
+
+
+def _chain_text(chain: Sequence[str]) -> str:
+    target, delegates = chain[-1], chain[:-1]
+    return f"{target} via {' -> '.join(delegates)}" if delegates else target
+
+
+ADC = Credential("adc")
+NONE = Credential("none")
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    hosts: tuple[HostPattern, ...]
+    credential: Credential
+    paths: tuple[str, ...] = ()
+    proxy_users: frozenset[str] = frozenset()
+    origin: str = ""  # FILE:LINE, or the flag it came from
+
+    def match_rank(self, host: str, path: str, user: str | None) -> tuple[int, ...] | None:
+        """Specificity when this route matches (higher wins, see the module docstring), else None."""
+        if self.proxy_users and user not in self.proxy_users:
+            return None
+        host_rank = max((hosts.specificity(p) for p in self.hosts if hosts.matches_host(host, p)), default=None)
+        if host_rank is None:
+            return None
+        path_rank = 0
+        if self.paths:
+            matched = [_path_rank(p) for p in self.paths if path_matches(p, path)]
+            if not matched:
+                return None
+            path_rank = 1 + max(matched)
+        return (1 if self.proxy_users else 0, *host_rank, path_rank)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    action: Action
+    hosts: tuple[HostPattern, ...] = ()
+    methods: frozenset[str] = frozenset()
+    api_methods: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    proxy_users: frozenset[str] = frozenset()
+    origin: str = ""
+
+    @property
+    def needs_request(self) -> bool:
+        """It names something only a seen request has (so it never matches a tunnel)."""
+        return bool(self.methods or self.api_methods or self.resources)
+
+    def matches(self, call: Call) -> bool:
+        if self.proxy_users and call.proxy_user not in self.proxy_users:
+            return False
+        if self.hosts and not hosts.matches_any(call.host, self.hosts):
+            return False
+        if call.tunnel:
+            return not self.needs_request
+        if self.methods and call.method not in self.methods:
+            return False
+        if self.api_methods and (call.api_method is None
+                                 or not any(api_method_matches(p, call.api_method) for p in self.api_methods)):
+            return False
+        return not self.resources or (
+            call.resource is not None and any(resource_matches(p, call.resource) for p in self.resources))
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a rule looks at. ``tunnel``: a CONNECT the proxy will not look inside."""
+
+    host: str
+    method: str = ""
+    path: str = "/"
+    api_method: str | None = None
+    resource: str | None = None
+    proxy_user: str | None = None
+    tunnel: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    rule: Rule | None
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        return self.action == "allow"
+
+    @property
+    def rule_name(self) -> str | None:
+        return self.rule.name if self.rule is not None else None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Routes, rules and the default; ``routes`` in the order written (shorthand flags last)."""
+
+    routes: tuple[Route, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    default: Action = "allow"
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @functools.cached_property
+    def _indexed(self) -> tuple[tuple[int, Route], ...]:
+        return tuple(enumerate(self.routes))
+
+    def route_for(self, host: str, path: str = "/", user: str | None = None) -> Route | None:
+        """The most specific route for this request (None: no route, no token)."""
+        best: tuple[tuple[int, ...], Route] | None = None
+        for index, route in self._indexed:
+            rank = route.match_rank(host, path, user)
+            if rank is None:
+                continue
+            key = (*rank, -index)
+            if best is None or key > best[0]:
+                best = (key, route)
+        return best[1] if best is not None else None
+
+    def ordered_routes(self) -> list[Route]:
+        """Routes from most to least specific: the order in which a request's route is found."""
+        def key(item: tuple[int, Route]) -> tuple[int, ...]:
+            index, route = item
+            host_rank = max((hosts.specificity(p) for p in route.hosts), default=(0, 0))
+            path_rank = 1 + max((_path_rank(p) for p in route.paths), default=-1)
+            return (1 if route.proxy_users else 0, *host_rank, path_rank, -index)
+        return [route for _, route in sorted(self._indexed, key=key, reverse=True)]
+
+    def decide(self, call: Call) -> Decision:
+        """First matching rule wins; else the default."""
+        for rule in self.rules:
+            if rule.matches(call):
+                return Decision(rule.action, rule, f"rule {rule.name!r} ({rule.origin or 'config'}) matched")
+        what = "no rule allows this tunnel" if call.tunnel else "no rule matched"
+        return Decision(self.default, None, f"{what}: the default is {self.default}")
+
+    @functools.cached_property
+    def intercepted(self) -> tuple[HostPattern, ...]:
+        """Hosts whose TLS the proxy must open: every host some route adds a credential for."""
+        seen: dict[HostPattern, None] = {}
+        for route in self.routes:
+            if route.credential.injects:
+                for pattern in route.hosts:
+                    seen.setdefault(pattern, None)
+        return tuple(seen)
+
+    def intercepted_patterns(self) -> list[HostPattern]:
+        return list(self.intercepted)
+
+
+# -- globs -------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4096)
+def _compile(pattern: str, segment: str | None) -> re.Pattern[str]:
+    out: list[str] = []
+    i = 0
+    one = f"[^{re.escape(segment)}]" if segment else "."
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if char == "*":
+            out.append(one + "*")
+        elif char == "?":
+            out.append(one)
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def is_glob(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern
+
+
+def resource_matches(pattern: str, resource: str) -> bool:
+    """``projects/_/buckets/logs-*/objects/**`` over ``projects/_/buckets/logs-1/objects/a/b``."""
+    return _compile(pattern, "/").fullmatch(resource) is not None
+
+
+def api_method_matches(pattern: str, api_method: str) -> bool:
+    """``compute.instances.*`` over ``compute.instances.list``; ``*`` crosses dots."""
+    return _compile(pattern, None).fullmatch(api_method) is not None
+
+
+def path_matches(pattern: str, path: str) -> bool:
+    """A glob over the path (query excluded), or a literal prefix ending on a segment boundary:
+    ``/storage/v1/b/logs`` matches ``/storage/v1/b/logs`` and ``/storage/v1/b/logs/o``, not
+    ``/storage/v1/b/logs2``."""
+    path = path.partition("?")[0]
+    if is_glob(pattern):
+        return _compile(pattern, "/").fullmatch(path) is not None
+    if not path.startswith(pattern):
+        return False
+    return len(path) == len(pattern) or pattern.endswith("/") or path[len(pattern)] == "/"
+
+
+def _path_rank(pattern: str) -> int:
+    """Longer literal text is more specific; a glob counts the text before its first wildcard."""
+    return len(re.split(r"[*?]", pattern, maxsplit=1)[0])
+
+
+def has_dot_segments(path: str) -> bool:
+    """``/a/../b``, ``/a/./b`` or their percent-encoded forms: the resource such a path names is
+    ambiguous (a front end may or may not collapse it), so the policy treats it as unrecognised."""
+    raw = path.partition("?")[0].lower().replace("%2e", ".")
+    return any(segment in (".", "..") for segment in re.split(r"/|%2f|\\", raw))
+
+
+def covers(earlier: Iterable[str], later: Iterable[str]) -> bool:
+    """Every pattern of ``later`` is one of ``earlier``'s or falls under a catch-all there
+    (used for shadowing warnings; conservative: False when unsure)."""
+    first = set(earlier)
+    return all(p in first or "**" in first or (p.count("/") == 0 and "*" in first) for p in later)
+
+
+def request_call(host: str, method: str, path: str, content_type: str = "",
+                 proxy_user: str | None = None) -> Call:
+    """The Call a seen request makes: its API method and resource as the audit log names them,
+    or None for both when the path has dot segments (what Google would act on is then unclear)."""
+    from addons import google_api
+
+    api = google_api.ApiCall() if has_dot_segments(path) else google_api.describe(host, method, path, content_type)
+    return Call(host=hosts.normalize_host(host), method=method.upper(), path=path,
+                api_method=api.api_method, resource=api.resource, proxy_user=proxy_user)
