@@ -30,6 +30,8 @@ from mitmproxy import ctx, exceptions, http
 from addons import google_api, options, redact
 from addons.destination import destination_of
 from addons.errors import error_response
+from addons.policy_model import has_dot_segments
+from addons.proxy_auth import proxy_user_of
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +175,9 @@ def audit_record(flow: http.HTTPFlow, now: float | None = None) -> dict[str, Any
         end = websocket.timestamp_end or now or time.time()
     else:
         end = (response.timestamp_end if response is not None else None) or now or time.time()
-    api = google_api.describe(host, request.method, request.path, request.headers.get("content-type", ""))
+    # as the rules see it: a path with dot segments names no API method (addons/policy_model.py)
+    api = (google_api.ApiCall() if has_dot_segments(request.path)
+           else google_api.describe(host, request.method, request.path, request.headers.get("content-type", "")))
     record: dict[str, Any] = {
         "time": _rfc3339(request.timestamp_start),
         "duration_ms": round(max(0.0, end - request.timestamp_start) * 1000, 1),
@@ -189,6 +193,11 @@ def audit_record(flow: http.HTTPFlow, now: float | None = None) -> dict[str, Any
         "auth": meta.get("auth", "none"),
         "principal": meta.get("principal"),
         "token_id": meta.get("token_id"),
+        # who spoke as whom, and what decided it (issue 12); the proxy user's name, never a password
+        "route": meta.get("route"),
+        "credential": meta.get("credential"),
+        "rule": meta.get("rule"),
+        "proxy_user": proxy_user_of(flow),
     }
     if meta.get("quota_project"):
         record["quota_project"] = meta["quota_project"]

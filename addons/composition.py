@@ -19,9 +19,12 @@ from addons.placeholder import PlaceholderAuth
 from addons.policy import Policy
 from addons.proxy_auth import ProxyAuth
 from addons.resolve import Resolve
+from addons.routing import Routing
+from addons.rules import Rules
 from addons.same_user import SameUser
 from addons.streaming import Streaming
 from addons.token_source import TokenSource
+from addons.token_sources import TokenSources
 from addons.upstream_proxy import UpstreamProxy
 
 
@@ -33,12 +36,15 @@ class Components:
     destinations: Destinations
     limits: Limits
     proxy_auth: ProxyAuth
+    routing: Routing
     policy: Policy
+    rules: Rules
     resolve: Resolve
     upstream_proxy: UpstreamProxy
     metadata_guard: MetadataGuard
     placeholder: PlaceholderAuth
     tokens: TokenSource
+    sources: TokenSources
     google_auth: GoogleAuth
     streaming: Streaming
     audit_log: AuditLog
@@ -53,8 +59,10 @@ class Components:
         global budget of failed proxy-auth checks that the owner's own clients share), then
         Destinations (it refuses TLS to the proxy port and labels every request with where
         it really goes; every later concern decides on that), connection limits next (they count
-        every connection), proxy auth next (strangers get nothing), then policy (a denied request
-        never gets a token), then the address override, then the upstream proxy (it takes every
+        every connection), proxy auth next (strangers get nothing; it names the user routes and
+        rules may refer to), then the routing table (it only holds the policy the later ones
+        read), then policy (a denied request never gets a token), then the rules (a call they deny
+        gets its 403 before any token is fetched; a CONNECT they deny is never opened), then the address override, then the upstream proxy (it takes every
         connection not bypassed through ``--upstream-proxy``: its layer wraps the HTTP layer
         Destinations has let through, it asks for the address Resolve chose, and it sets
         ``server.via`` so the metadata guard checks that address as asked of the upstream proxy
@@ -68,8 +76,8 @@ class Components:
         request goes upstream); metrics after the audit log count what the client finally got;
         the admin endpoints only read the others.
         """
-        chain: list[Any] = [self.same_user, self.destinations, self.limits, self.proxy_auth, self.policy,
-                            self.resolve, self.upstream_proxy, self.metadata_guard, self.placeholder,
+        chain: list[Any] = [self.same_user, self.destinations, self.limits, self.proxy_auth, self.routing,
+                            self.policy, self.rules, self.resolve, self.upstream_proxy, self.metadata_guard, self.placeholder,
                             self.google_auth, self.streaming, self.audit_log]
         return chain + [c for c in (self.metrics, self.admin) if c is not None]
 
@@ -83,8 +91,10 @@ def build(*, observability: bool = True, proxyserver: Any = None) -> Components:
         proxyserver: mitmproxy's Proxyserver addon, whose connection handlers Limits and
             SameUser need.
     """
-    tokens = TokenSource()  # one credential today; the routing work adds one per credential
-    google_auth = GoogleAuth(tokens)
+    tokens = TokenSource(label="adc")  # ADC: what /readyz and /metrics report on
+    sources = TokenSources(tokens)  # plus one per other credential a route names, made on first use
+    routing = Routing()
+    google_auth = GoogleAuth(sources, routing)
     audit_log = AuditLog()
     same_user = SameUser(proxyserver=proxyserver)  # its gate also guards the admin endpoints
     metrics = Metrics(tokens=tokens, audit=audit_log, gate=same_user.gate) if observability else None
@@ -93,12 +103,15 @@ def build(*, observability: bool = True, proxyserver: Any = None) -> Components:
         destinations=Destinations(),
         limits=Limits(proxyserver=proxyserver),
         proxy_auth=ProxyAuth(),
+        routing=routing,
         policy=Policy(),
+        rules=Rules(routing),
         resolve=Resolve(),
-        upstream_proxy=UpstreamProxy(tokens),  # the token fetches take the same route
+        upstream_proxy=UpstreamProxy(sources),  # every credential's token fetches take the same route
         metadata_guard=MetadataGuard(),
         placeholder=PlaceholderAuth(),
         tokens=tokens,
+        sources=sources,
         google_auth=google_auth,
         streaming=Streaming(),
         audit_log=audit_log,

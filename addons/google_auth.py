@@ -14,15 +14,20 @@ from mitmproxy import ctx, exceptions, http
 from addons import google_api, hosts, options, redact
 from addons.destination import Destinations, destination_of
 from addons.errors import error_response
+from addons.proxy_auth import proxy_user_of
 from addons.replay import REPLAY_MAX_BODY, ReplayTarget, TooLarge, replay, replay_headers
 from addons.resolve import parse_resolve_rules
+from addons.routing import Routing
 from addons.streaming import REPLAY_PENDING
 from addons.token_cache import Token, TokenCache, TokenError
 from addons.token_source import TokenSource
+from addons.token_sources import TokenSources
 
 logger = logging.getLogger(__name__)
 
 GRPC_UNAUTHENTICATED = 16
+# Token failures that are a refusal (IAM said no), not an outage: the client gets 403, not 502.
+_REFUSALS = frozenset({"impersonation_denied", "id_token_unsupported"})
 
 DEFAULT_HOSTS = options.DEFAULT_INJECT_HOSTS
 
@@ -48,13 +53,27 @@ def is_token_endpoint(host: str, path: str) -> bool:
 
 
 class GoogleAuth:
-    """Decides which request gets a token and adds it; the token itself comes from a TokenSource."""
+    """Decides which request gets which credential and adds it; tokens come from TokenSources.
 
-    def __init__(self, source: TokenSource | None = None) -> None:
-        self.source = source if source is not None else TokenSource()
-        self.patterns: list[hosts.HostPattern] = []
+    The route (addons/policy_model.py) picks the credential: ADC, an impersonated service
+    account, an ID token, a key file, or none. Shared ``sources`` and ``routing`` come from the
+    composition root; made here when loaded alone (``mitmdump -s``).
+    """
+
+    def __init__(self, source: TokenSource | TokenSources | None = None, routing: Routing | None = None) -> None:
+        if isinstance(source, TokenSources):
+            self.sources = source
+        else:
+            self.sources = TokenSources(source)
+        self._owns_routing = routing is None
+        self.routing = routing if routing is not None else Routing()
         self.client_auth = "keep"
         self._warned: set[str] = set()
+
+    @property
+    def source(self) -> TokenSource:
+        """The ADC source (what /readyz and /metrics report on)."""
+        return self.sources.adc
 
     @property
     def cache(self) -> TokenCache | None:
@@ -65,14 +84,13 @@ class GoogleAuth:
         self.source.cache = cache
 
     def load(self, loader: Any) -> None:
-        options.declare(loader, "inject_host", "scopes", "client_auth")
+        options.declare(loader, "scopes", "client_auth")
+        if self._owns_routing:
+            self.routing.load(loader)
 
     def configure(self, updated: set[str]) -> None:
-        if "inject_host" in updated:
-            try:
-                self.patterns = [hosts.parse_host_pattern(p) for p in ctx.options.inject_host]
-            except ValueError as e:
-                raise exceptions.OptionsError(str(e)) from e
+        if self._owns_routing:
+            self.routing.configure(updated)
         if "client_auth" in updated:
             self.client_auth = ctx.options.client_auth
         if updated & {"scopes", "resolve", "ssl_verify_upstream_trusted_ca"} or self.cache is None:
@@ -81,7 +99,7 @@ class GoogleAuth:
                 rules = parse_resolve_rules(options.resolve if "resolve" in options else [])
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
-            self.source.configure(options.scopes, rules, options.ssl_verify_upstream_trusted_ca or None)
+            self.sources.configure(options.scopes, rules, options.ssl_verify_upstream_trusted_ca or None)
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -92,7 +110,7 @@ class GoogleAuth:
         self.source.start()
 
     def done(self) -> None:
-        self.source.close()
+        self.sources.close()
 
     async def token(self) -> Token:
         return await self.source.token()
@@ -107,10 +125,16 @@ class GoogleAuth:
             self._warn_once("no token: addons/destination.py is not loaded, so no request's destination is known")
             return
         host = destination.host
-        if not hosts.matches_any(host, self.patterns):
+        route = self.routing.policy.route_for(host, flow.request.path, proxy_user_of(flow))
+        if route is None:
             return
         meta = flow.metadata.setdefault("gauth", {})
         meta["host"] = host
+        meta["route"] = route.name
+        meta["credential"] = route.credential.label
+        if not route.credential.injects:
+            meta["auth"] = "none"
+            return
         if not destination.tokenable:
             # An injected name on a path a token may not take (host confusion, TLS to the proxy
             # port): refuse rather than forward, so nothing reaches a front end that routes by name.
@@ -135,35 +159,49 @@ class GoogleAuth:
         if is_token_endpoint(host, flow.request.path):
             meta["auth"] = "none"
             return
+        id_token = route.credential.kind == "id_token"
+        header = "authorization"
         if "authorization" in flow.request.headers:
             if self.client_auth == "keep":
-                meta["auth"] = "client"
-                return
-            if self.client_auth == "reject":
+                if not id_token:
+                    meta["auth"] = "client"
+                    return
+                header = "x-serverless-authorization"  # Cloud Run's convention: the app keeps its own
+            elif self.client_auth == "reject":
                 meta["auth"] = "denied"
                 flow.response = error_response(
                     403, "This proxy adds credentials itself; requests must not carry an Authorization header.",
                     "clientAuthorizationRejected",
                 )
                 return
-            del flow.request.headers["authorization"]
+            else:
+                del flow.request.headers["authorization"]
+        if id_token:
+            flow.request.headers.pop("x-serverless-authorization", None)  # ours, or none at all
+        source = self.sources.source_for(route.credential, host)
         try:
-            token = await self.token()
+            token = await source.token()
         except TokenError as e:
             meta["auth"] = "failed"
             meta["error"] = str(e)
+            what = "an ID token" if id_token else "a Google access token"
             flow.response = error_response(
-                502, f"gcp-auth-proxy could not get a Google access token: {e}", e.reason
+                403 if e.reason in _REFUSALS else 502,
+                f"gcp-auth-proxy could not get {what} for this request: {e}", e.reason,
             )
             return
         if not flow.live:
             return
-        for name, value in token.headers.items():
-            if name == "authorization" or name not in flow.request.headers:
-                flow.request.headers[name] = value
+        if header == "authorization":
+            for name, value in token.headers.items():
+                if name == "authorization" or name not in flow.request.headers:
+                    flow.request.headers[name] = value
+        else:
+            flow.request.headers[header] = f"Bearer {token.value}"
         meta["auth"] = "injected"
         meta["token_id"] = token.fingerprint
-        meta["principal"] = self.source.principal
+        meta["principal"] = source.principal
+        meta["source"] = source
         if "x-goog-user-project" in flow.request.headers:
             meta["quota_project"] = flow.request.headers["x-goog-user-project"]
 
@@ -174,7 +212,7 @@ class GoogleAuth:
         # replay) gets a fresh one: a streamed 401 may be at the client before `response` runs.
         # Only the token we injected, and only while it is the current one: a 401 cannot make the
         # cache drop a token it has already replaced.
-        self.source.invalidate(flow.request.headers.get("authorization", "").removeprefix("Bearer ").strip())
+        self._invalidate(flow)
         if self._may_retry(flow):
             # Keep the small 401 body so we can replace it; Streaming leaves a marked answer whole.
             flow.metadata["gauth"][REPLAY_PENDING] = True
@@ -186,15 +224,16 @@ class GoogleAuth:
                 and google_api.grpc_status(flow.response.trailers, flow.response.headers) == GRPC_UNAUTHENTICATED):
             # gRPC says "bad token" with HTTP 200 and grpc-status 16: the 401 path never sees it.
             # Forget the token so the client library's own retry gets a fresh one.
-            self.source.invalidate(flow.request.headers.get("authorization", "").removeprefix("Bearer ").strip())
+            self._invalidate(flow)
             return
         if not (flow.response and flow.response.status_code == 401 and meta.get(REPLAY_PENDING)):
             return
         if flow.response.stream:
             return  # the 401 outgrew mitmproxy's buffer and went to the client: too late to replace
         meta["retried"] = True
+        source = meta.get("source") or self.source
         try:
-            token = await self.token()
+            token = await source.token()
         except TokenError as e:
             logger.warning("upstream rejected the token and no new one could be had: %s", e)
             return
@@ -223,6 +262,15 @@ class GoogleAuth:
         resp.headers["content-length"] = str(len(answer.body))
         flow.response = resp
 
+    def _invalidate(self, flow: http.HTTPFlow) -> None:
+        """Forget the token this request carried, in the source it came from."""
+        meta = flow.metadata.get("gauth", {})
+        source = meta.get("source") or self.source
+        headers = flow.request.headers
+        value = headers.get("x-serverless-authorization") if meta.get("credential") == "id_token" and \
+            "x-serverless-authorization" in headers else headers.get("authorization", "")
+        source.invalidate((value or "").removeprefix("Bearer ").strip())
+
     @staticmethod
     def _carried_our_token(flow: http.HTTPFlow) -> bool:
         meta = flow.metadata.get("gauth", {})
@@ -233,6 +281,7 @@ class GoogleAuth:
         body = flow.request.raw_content
         return (
             self._carried_our_token(flow)
+            and flow.metadata["gauth"].get("credential") != "id_token"  # its header may not be Authorization
             and not flow.request.stream
             and body is not None
             and len(body) <= REPLAY_MAX_BODY

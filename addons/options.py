@@ -56,7 +56,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("config", "str", "",
            "read settings from this TOML file: keys are the option names (inject_host = "
            "[\"*.googleapis.com\"]); flags and environment variables override it. See Config file",
-           metavar="FILE", addon=False, commands=PROXY | {"doctor"}),
+           metavar="FILE", commands=PROXY | {"doctor"}),
     Option("listen", "str", "127.0.0.1:8080",
            "where to listen. A non-loopback address is refused without --proxy-auth: an open "
            "proxy that hands out Google credentials is a break-in",
@@ -72,6 +72,20 @@ OPTIONS: tuple[Option, ...] = (
            "labels, case-insensitive, ignoring a trailing dot: storage.googleapis.com matches, "
            "storage.googleapis.com.evil.test and evilgoogleapis.com do not",
            metavar="PATTERN"),
+    Option("impersonate_service_account", "str", "",
+           "speak as this service account: SA, or SA1,SA2,...,TARGET with gcloud's meaning (the last "
+           "is the target, the ones before it the delegation chain). Tokens come from the IAM "
+           "Credentials API, called with the ADC token; applies to --inject-host and --id-token-host",
+           metavar="SA[,SA...]"),
+    Option("id_token_host", "list", [],
+           "hosts that get an ID token instead of an access token (repeatable): Cloud Run "
+           "(*.run.app), Cloud Functions, IAP. AUDIENCE defaults to https://HOST; for IAP give the "
+           "OAuth client id. A client's own Authorization is kept and the ID token goes in "
+           "X-Serverless-Authorization", metavar="PATTERN[=AUDIENCE]"),
+    Option("default_deny", "bool", False,
+           "refuse every call no [[rule]] allows (the config file's default = \"deny\"), and every "
+           "CONNECT to a host no route injects for unless a rule allows that host: an egress allowlist",
+           group="hardening"),
     Option("scopes", "list", list(DEFAULT_SCOPES),
            "OAuth scopes for the token (repeatable or comma-separated)", metavar="SCOPE",
            commands=PROXY | {"doctor"}),

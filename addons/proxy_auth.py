@@ -60,6 +60,11 @@ MAX_VERIFIED = 256
 _DUMMY_BCRYPT = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=4))
 
 
+# Where a flow keeps the --proxy-auth user it came from (outside "gauth": its presence means
+# "audit this", and an authenticated request to a host we do not inject for is not audited).
+PROXY_USER_KEY = "gauth_proxy_user"
+
+
 class Credential(NamedTuple):
     user: str
     password: str
@@ -68,6 +73,7 @@ class Credential(NamedTuple):
 class Checker(NamedTuple):
     check: Callable[[str, str], bool]
     slow: bool  # bcrypt: run in a worker thread, never on the event loop
+    users: frozenset[str] = frozenset()  # the names routes and rules may refer to
 
 
 def _check_htpasswd_entry(pwhash: str, password: str) -> bool:
@@ -124,7 +130,7 @@ def parse_proxy_auth(spec: str) -> Checker:
                 return False
             return _check_htpasswd_entry(pwhash, p)
 
-        return Checker(check_file, slow=any(h.startswith("$2") for h in users.values()))
+        return Checker(check_file, slow=any(h.startswith("$2") for h in users.values()), users=frozenset(users))
     user, sep, password = spec.partition(":")
     if not sep or not user or not password:
         raise ValueError("proxy auth must be USER:PASS (both non-empty) or @htpasswd-file")
@@ -135,7 +141,22 @@ def parse_proxy_auth(spec: str) -> Checker:
         ok_pass = hmac.compare_digest(p.encode(), expected.password.encode())
         return ok_user & ok_pass
 
-    return Checker(check, slow=False)
+    return Checker(check, slow=False, users=frozenset({user}))
+
+
+def known_proxy_users(spec: str) -> frozenset[str] | None:
+    """The user names ``--proxy-auth`` admits (None when proxy auth is off).
+
+    Raises:
+        ValueError: as ``parse_proxy_auth``.
+    """
+    return parse_proxy_auth(spec).users if spec else None
+
+
+def proxy_user_of(flow: http.HTTPFlow) -> str | None:
+    """The ``--proxy-auth`` user this request came from (never the password), or None."""
+    user: str | None = flow.metadata.get(PROXY_USER_KEY)
+    return user
 
 
 def parse_basic(value: str) -> Credential | None:
@@ -248,7 +269,8 @@ def _take_proxy_authorization(request: http.Request) -> str:
 class ProxyAuth:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.checker: Checker | None = None
-        self.authenticated: MutableMapping[connection.Client, bool] = weakref.WeakKeyDictionary()
+        # client connection -> the user name its CONNECT authenticated as
+        self.authenticated: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
         self.limiter = FailureLimiter(clock)
         # Keyed digests of credentials that passed (-> digest of their user name), so a bcrypt
         # file costs one check per client, not one per request; names and passwords are never
@@ -274,8 +296,9 @@ class ProxyAuth:
         value = _take_proxy_authorization(flow.request)
         if self.checker is None or flow.response or flow.error:
             return
-        if await self._authenticate(flow, value):
-            self.authenticated[flow.client_conn] = True
+        user = await self._authenticate(flow, value)
+        if user is not None:
+            self.authenticated[flow.client_conn] = user
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         # Stripped before anything else: with auth off, inside an authenticated tunnel, on a
@@ -283,17 +306,21 @@ class ProxyAuth:
         value = _take_proxy_authorization(flow.request)
         if self.checker is None or flow.response or flow.error:
             return
-        if flow.client_conn in self.authenticated:  # requests inside an authenticated CONNECT tunnel
+        user = self.authenticated.get(flow.client_conn)  # inside an authenticated CONNECT tunnel
+        if user is not None:
+            flow.metadata[PROXY_USER_KEY] = user
             return
         await self._authenticate(flow, value)
 
-    async def _authenticate(self, flow: http.HTTPFlow, value: str) -> bool:
+    async def _authenticate(self, flow: http.HTTPFlow, value: str) -> str | None:
+        """The admitted user's name (also recorded on the flow), or None after answering 407."""
         credential = parse_basic(value) if value else None
         if credential is not None and await self._admit(credential):
-            return True
+            flow.metadata[PROXY_USER_KEY] = credential.user
+            return credential.user
         flow.metadata.setdefault("gauth", {})["auth"] = "denied"
         flow.response = auth_required()
-        return False
+        return None
 
     async def _admit(self, credential: Credential) -> bool:
         """The limits of the module docstring, in order; True when the credential may pass."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from addons import token_transport
@@ -24,8 +24,20 @@ from addons.upstream_proxy import Routing
 logger = logging.getLogger(__name__)
 
 
+# Makes a credentials object from the scopes and the token transport (no network at this point).
+CredentialsFactory = Callable[[Sequence[str], Any], Any]
+
+
+def _adc(scopes: Sequence[str], transport: Any) -> Any:
+    return load_credentials(scopes, transport)  # no project lookup, no refresh
+
+
 class TokenSource:
-    def __init__(self) -> None:
+    """``make``: how to build this credential (default: ADC). ``label``: what it is, for the logs."""
+
+    def __init__(self, make: CredentialsFactory = _adc, label: str = "") -> None:
+        self.make = make
+        self.label = label
         self.cache: TokenCache | None = None
         self._inflight: asyncio.Future[Token] | None = None
         self._retry: asyncio.TimerHandle | None = None
@@ -43,7 +55,7 @@ class TokenSource:
         scopes = list(scopes)
 
         def load() -> Any:
-            return load_credentials(scopes, transport)  # no project lookup, no refresh
+            return self.make(scopes, transport)
 
         self.cache = TokenCache(load, transport)
         self.cache.on_change = self._log_state
@@ -71,16 +83,18 @@ class TokenSource:
         key = (creds, getattr(creds, "service_account_email", None))
         cached = self._principal
         if cached is None or cached[0][0] is not key[0] or cached[0][1] != key[1]:
-            cached = self._principal = (key, principal(creds))
+            named = getattr(creds, "principal", None)  # impersonated and ID-token credentials say it
+            cached = self._principal = (key, named if isinstance(named, str) else principal(creds))
         return cached[1]
 
     def _log_state(self, message: str) -> None:
         creds = self.credentials
+        label = f" ({self.label})" if self.label else ""
         if creds is not None and message.startswith("token available"):
-            logger.info("%s: %s credentials for %s", message, credential_type(creds),
-                        principal(creds) or "unknown principal")
+            logger.info("%s%s: %s credentials for %s", message, label, credential_type(creds),
+                        self.principal or "unknown principal")
         else:
-            logger.warning("%s", message)
+            logger.warning("%s%s", message, label)
 
     def start(self) -> None:
         """Warm the cache so the first request does not wait and the log names the principal early."""

@@ -74,6 +74,7 @@ from addons.metadata import is_metadata_host
 
 if TYPE_CHECKING:
     from addons.token_source import TokenSource
+    from addons.token_sources import TokenSources
 
 logger = logging.getLogger(__name__)
 
@@ -596,7 +597,7 @@ class UpstreamProxy:
     over; ``mitmdump -s addons/upstream_proxy.py`` alone routes only the proxied traffic).
     """
 
-    def __init__(self, tokens: TokenSource | None = None) -> None:
+    def __init__(self, tokens: TokenSource | TokenSources | None = None) -> None:
         self.tokens = tokens
         self.routing = Routing()
         # The CONNECT target each client connection asked for (before --resolve): bypass decides on it.

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from addons.options import BY_NAME, Option
+from addons.policy_file import POLICY_KEYS, PolicyError, parse_sections
 from proxy.errors import ProxyError
 
 # Command arguments that are not settings: they stay on the command line of the one command.
@@ -26,7 +27,8 @@ def settable() -> dict[str, Option]:
 def load_config(path: Path | str) -> dict[str, Any]:
     """Option values from a TOML file, in the shapes the flags give (lists, bools, strings).
 
-    Keys are the option names (``inject_host = ["*.googleapis.com"]``). A list option also takes a
+    Keys are the option names (``inject_host = ["*.googleapis.com"]``); ``[[route]]``, ``[[rule]]``
+    and ``default`` are checked here and read by the Routing addon (addons/policy_file.py). A list option also takes a
     single string; a count or seconds option a number or a string (``"64k"``). Values are checked
     for type only: ``proxy.settings.validate`` checks them like any flag.
 
@@ -49,9 +51,15 @@ def load_config(path: Path | str) -> dict[str, Any]:
         else:  # an unclosed array or string: the file ended first
             where = f"{path}:{max(len(text.splitlines()), 1)}" if at else str(path)
         raise ProxyError(f"{where}: not valid TOML: {_POSITION.sub('', message)}") from None
+    try:  # routes and rules: checked here so a bad one stops the start with its line
+        parse_sections(data, text, str(path))
+    except PolicyError as e:
+        raise ProxyError(str(e)) from None
     options = settable()
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key in POLICY_KEYS:
+            continue
         option = options.get(key)
         if option is None:
             raise ProxyError(f"{locate(path, key, text)}: {_unknown(key, options)}")

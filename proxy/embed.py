@@ -19,6 +19,9 @@ from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from addons import composition, hosts, http1_patch
 from addons.composition import Components
 from addons.pipeline import Pipeline
+from addons.policy_file import PolicyError
+from addons.policy_model import Policy
+from addons.routing import policy_from_options
 from proxy import dispatch, trust
 from proxy.errors import ExitStatus, ProxyError
 from proxy.settings import USER_OPTIONS, Settings
@@ -42,7 +45,10 @@ def mitmproxy_options(settings: Settings, upstream_bundle: Path | None) -> dict[
     Our addons' options carry the setting's own name and value (addons/options.py); the
     program-only settings become mitmproxy's own options here.
     """
-    patterns = [hosts.parse_host_pattern(p) for p in settings.inject_host]
+    try:
+        policy = policy_from_options(settings)
+    except PolicyError as e:
+        raise ProxyError(str(e)) from None
     ours = {o.name: _option_value(getattr(settings, o.name)) for o in USER_OPTIONS if o.addon}
     if not settings.admin_listen:
         del ours["admin_listen"]  # Admin is not loaded then (see run_proxy)
@@ -51,7 +57,7 @@ def mitmproxy_options(settings: Settings, upstream_bundle: Path | None) -> dict[
         "listen_port": settings.listen_port,
         "confdir": str(settings.confdir),
         # Intercept TLS only for hosts we inject for; everything else is tunnelled untouched.
-        "allow_hosts": [hosts.allow_hosts_regex(p) for p in patterns],
+        "allow_hosts": intercepted_hosts(policy),
         "ssl_verify_upstream_trusted_ca": str(upstream_bundle) if upstream_bundle else None,
         "stream_large_bodies": STREAM_THRESHOLD,
         "tcp_timeout": max(1, round(settings.idle_timeout)),
@@ -59,10 +65,21 @@ def mitmproxy_options(settings: Settings, upstream_bundle: Path | None) -> dict[
     }
 
 
+def intercepted_hosts(policy: Policy) -> list[str]:
+    """mitmproxy's ``allow_hosts`` for this policy: the hosts some route adds a credential for.
+    An empty list would mean "intercept everything" to mitmproxy, so no host is a never-matching regex."""
+    return [hosts.allow_hosts_regex(p) for p in policy.intercepted] or [NO_HOST]
+
+
+NO_HOST = "(?!)"
+
+
 def _option_value(value: Any) -> Any:
     """A Settings value as mitmproxy takes it: lists for tuples, "" for unset strings."""
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, Path):
+        return str(value)
     return "" if value is None else value
 
 
@@ -157,7 +174,7 @@ async def run_proxy(
 
         GracefulShutdown(m, settings.shutdown_grace, server, components.limits).install(loop)
         if hasattr(signal, "SIGHUP"):
-            loop.add_signal_handler(signal.SIGHUP, _reopen_logs, components)
+            loop.add_signal_handler(signal.SIGHUP, _on_sighup, components, opts)
     if started is not None:
         started(m)
     try:
@@ -171,6 +188,11 @@ async def run_proxy(
         raise ProxyError(f"cannot start the proxy: {ready.failure}", ExitStatus.UNAVAILABLE)
 
 
-def _reopen_logs(components: Components) -> None:
+def _on_sighup(components: Components, opts: options.Options) -> None:
+    """Reopen the audit log (logrotate) and reload the routes and rules (not the listen address)."""
     if components.audit_log.reopen():  # a refusal already logged why, and traffic stays refused
         logger.info("reopened the audit log")
+    if components.routing.reload():  # a failed reload logged why and kept the old policy
+        allow = intercepted_hosts(components.routing.policy)
+        if list(opts.allow_hosts) != allow:
+            opts.update(allow_hosts=allow)

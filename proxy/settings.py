@@ -18,8 +18,10 @@ import platformdirs
 
 from addons import hosts
 from addons.options import BY_NAME, CLIENT_AUTH_MODES, LOG_FORMATS, OPTIONS, Option
+from addons.policy_file import PolicyError
 from addons.proxy_auth import parse_proxy_auth
 from addons.resolve import parse_resolve_rule
+from addons.routing import policy_from_options
 from addons.same_user import parse_allow_uid
 from addons.upstream_proxy import parse_routing
 from proxy import config_file
@@ -47,6 +49,8 @@ class Settings:
     proxy_auth: str | None = None  # required off loopback
     confdir: Path = field(default_factory=default_confdir)
     inject_host: tuple[str, ...] = _default("inject_host")
+    impersonate_service_account: str | None = None  # SA or DELEGATE,...,TARGET (gcloud's order)
+    id_token_host: tuple[str, ...] = ()  # PATTERN[=AUDIENCE]
     scopes: tuple[str, ...] = _default("scopes")
     resolve: tuple[str, ...] = ()
     upstream_ca: Path | None = None
@@ -69,6 +73,7 @@ class Settings:
     read_timeout: float = _default("read_timeout")
     shutdown_grace: float = _default("shutdown_grace")
     allow_uid: tuple[str, ...] = ()  # loopback: uids besides our own, or ("any",)
+    default_deny: bool = False
 
     @property
     def listen_host(self) -> str:
@@ -236,7 +241,7 @@ def validate(values: Mapping[str, Any]) -> Settings:
 
     confdir = values.get("confdir")
     config = values.get("config")
-    return Settings(
+    settings = Settings(
         config=Path(config).expanduser() if config else None,
         listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         proxy_auth=proxy_auth,
@@ -255,8 +260,16 @@ def validate(values: Mapping[str, Any]) -> Settings:
         log_file=values.get("log_file") or None,
         log_format=log_format,
         verbose=bool(values.get("verbose", False)),
+        impersonate_service_account=values.get("impersonate_service_account") or None,
+        id_token_host=tuple(values.get("id_token_host") or ()),
+        default_deny=bool(values.get("default_deny", False)),
         **_hardening(values),
     )
+    try:  # routes, rules and their shorthand flags: an error names the file line or the flag
+        policy_from_options(settings)
+    except PolicyError as e:
+        raise ProxyError(str(e)) from None
+    return settings
 
 
 def _admin_listen(text: str | None, proxy_auth: str | None) -> str | None:

@@ -24,7 +24,8 @@ SCHEMA: dict[str, Any] = {
     "time": str, "duration_ms": (int, float), "client": str, "method": str, "scheme": str, "host": str,
     "path": str, "status": (int, type(None)), "request_bytes": (int, type(None)),
     "response_bytes": (int, type(None)), "http_version": str, "auth": str,
-    "principal": (str, type(None)), "token_id": (str, type(None)),
+    "principal": (str, type(None)), "token_id": (str, type(None)), "route": (str, type(None)),
+    "credential": (str, type(None)), "rule": (str, type(None)), "proxy_user": (str, type(None)),
 }
 OPTIONAL: dict[str, Any] = {
     "quota_project": str, "service": str, "api_method": str, "resource": str, "retried": bool,

@@ -1,0 +1,110 @@
+"""One TokenSource per distinct credential a route names, made on first use.
+
+ADC is the source made at start (the one /readyz and /metrics report on); impersonation, ID
+tokens and key files each get their own, with the same single-flight cache, refresh-ahead and
+backoff. Impersonation and ID tokens minted through IAM call IAM with the ADC token, taken from
+the ADC source's cache, so the ADC token is still fetched once per lifetime however many
+impersonated credentials use it. Every source fetches through the same transport settings
+(--resolve, --upstream-ca, --upstream-proxy).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from addons.credentials import load_credentials
+from addons.policy_model import Credential
+from addons.resolve import ResolveRule
+from addons.token_source import TokenSource
+from addons.upstream_proxy import Routing
+
+# ID tokens for a wildcard route with the default audience (https://HOST) get one source per
+# host; past this many, the least recently used is dropped (its token is simply minted again).
+MAX_SOURCES = 1024
+
+
+class TokenSources:
+    def __init__(self, adc: TokenSource | None = None) -> None:
+        self.adc = adc if adc is not None else TokenSource(label="adc")
+        self._sources: OrderedDict[tuple[Credential, str | None], TokenSource] = OrderedDict()
+        self._configured: tuple[Sequence[str], Sequence[ResolveRule], str | None] | None = None
+        self.routing = Routing()
+
+    def configure(self, scopes: Sequence[str], rules: Sequence[ResolveRule], ca_bundle: str | None) -> None:
+        self._configured = (scopes, rules, ca_bundle)
+        self.adc.configure(scopes, rules, ca_bundle)
+        self._sources.clear()  # rebuilt on next use with the new settings
+
+    def set_routing(self, routing: Routing) -> None:
+        self.routing = routing
+        self.adc.set_routing(routing)
+        self._sources.clear()
+
+    def close(self) -> None:
+        self.adc.close()
+        for source in self._sources.values():
+            source.close()
+
+    def source_for(self, credential: Credential, host: str) -> TokenSource:
+        """The source for this credential (and, for ID tokens, this request's audience)."""
+        if credential.kind == "adc":
+            return self.adc
+        audience = (credential.audience or f"https://{host}") if credential.kind == "id_token" else None
+        key = (credential, audience)
+        source = self._sources.get(key)
+        if source is not None:
+            self._sources.move_to_end(key)
+            return source
+        source = TokenSource(self._factory(credential, audience), label=_label(credential, audience))
+        source.routing = self.routing
+        assert self._configured is not None, "configure() first"
+        source.configure(*self._configured)
+        self._sources[key] = source
+        while len(self._sources) > MAX_SOURCES:
+            _, old = self._sources.popitem(last=False)
+            old.close()
+        return source
+
+    def sources(self) -> list[TokenSource]:
+        return [self.adc, *self._sources.values()]
+
+    def _factory(self, credential: Credential, audience: str | None) -> Any:
+        adc = self.adc
+
+        def adc_token() -> str:
+            assert adc.cache is not None
+            return adc.cache.get().value  # blocking, single-flight with every other ADC user
+
+        if credential.kind == "impersonate":
+            from addons.impersonation import ImpersonatedCredentials
+
+            def impersonated(scopes: Sequence[str], transport: Any) -> Any:
+                return ImpersonatedCredentials(adc_token, credential.chain, scopes)
+            return impersonated
+        if credential.kind == "key_file":
+            from addons.key_files import load_key_file
+
+            path = credential.key_file or ""
+
+            def key_file(scopes: Sequence[str], transport: Any) -> Any:
+                return load_key_file(path, scopes, transport)
+            return key_file
+        if credential.kind == "id_token":
+            from addons.id_tokens import id_token_credentials
+
+            assert audience is not None
+
+            def id_token(scopes: Sequence[str], transport: Any) -> Any:
+                if credential.chain:
+                    return id_token_credentials(None, audience, source_token=adc_token, chain=credential.chain)
+                return id_token_credentials(load_credentials(scopes, transport), audience, source_token=adc_token)
+            return id_token
+        raise ValueError(f"credential {credential.kind!r} has no token source")
+
+
+def _label(credential: Credential, audience: str | None) -> str:
+    if credential.kind == "id_token":
+        return f"ID token for {audience}"
+    return credential.describe()
