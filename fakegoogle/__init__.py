@@ -11,10 +11,18 @@ Three servers on 127.0.0.1 (ephemeral ports), one background thread:
   URL-sourced federation); it also carries the admin endpoints under /_fake/
   (see :mod:`fakegoogle.metadata`) for out-of-process control.
 * a non-Google TLS origin (www.example.test) signed by a different CA.
+* a Cloud Run-like TLS origin for every ``*.a.run.app`` host (certificate from the googleapis
+  CA) that wants Google-signed ID tokens (:mod:`fakegoogle.cloudrun`).
+
+ID tokens (:mod:`fakegoogle.identity`) come from the token endpoint (a service-account assertion
+with ``target_audience``), iamcredentials ``generateIdToken`` and the metadata server's
+``identity`` path; their keys are at www.googleapis.com/oauth2/v3/certs and /oauth2/v1/certs.
+iamcredentials checks delegation chains against a Token Creator grant table
+(:mod:`fakegoogle.iam_policy`); every access token records the principal it speaks for.
 
 Use :class:`FakeGoogle` in-process or ``python -m fakegoogle --workdir DIR``.
 ``fg.requests`` records API requests to the googleapis and other origins;
-calls to token endpoints (oauth2, sts, iamcredentials, metadata token) are
+calls to token endpoints (oauth2, sts, iamcredentials, metadata token and identity) are
 counted by ``token_requests`` and the per-endpoint counters instead.
 """
 

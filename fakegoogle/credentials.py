@@ -118,6 +118,11 @@ class CredentialRegistry:
                 return found if found and (email is None or found.email == email) else None
             return next((k for k in self._keys.values() if k.email == email), None)
 
+    def has_service_account(self, email: str) -> bool:
+        """Whether a key this fake wrote belongs to ``email`` (so the account exists)."""
+        with self._lock:
+            return any(k.email.lower() == email.lower() for k in self._keys.values())
+
     def user(self, client_id: str, client_secret: str, refresh_token: str) -> AuthorizedUser | None:
         with self._lock:
             found = self._users.get(refresh_token)

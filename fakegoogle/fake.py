@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlencode
 
-from .certs import make_tls
+from .certs import issue_leaf, make_ca, make_tls
+from .cloudrun import CloudRunApp
 from .connect_proxy import ConnectProxy
 from .credentials import DEFAULT_TOKEN_URI, write_json
 from .federation import ALLOWED_AUDIENCE, DEFAULT_SUBJECT, FEDERATED_SA, IMPERSONATED_SA
 from .googleapis import GoogleApisApp
+from .identity import unique_id
 from .metadata import AZURE_TOKEN_PATH, MetadataApp
+from .metadata import SA_EMAIL as METADATA_SA
 from .other_origin import OtherOriginApp
 from .pubsub import PubsubModel
 from .pubsub_faults import FaultServer
@@ -24,6 +28,7 @@ from .tokens import TokenStore
 
 GOOGLE_HOSTNAMES = ["*.googleapis.com", "googleapis.com"]
 OTHER_HOSTNAMES = ["www.example.test", "example.test", "grpc.example.test"]
+RUN_HOSTNAMES = ["*.a.run.app"]
 
 
 class FakeGoogle:
@@ -33,19 +38,26 @@ class FakeGoogle:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._state = SharedState(TokenStore(token_lifetime))
-        google_tls = make_tls(self.workdir, "google", GOOGLE_HOSTNAMES)
+        google_ca, google_ca_pem = make_ca(self.workdir, "google")
+        google_tls = issue_leaf(google_ca, google_ca_pem, self.workdir, "google", GOOGLE_HOSTNAMES)
+        # Cloud Run's certificate comes from the same CA: one --upstream-ca trusts both, as
+        # public roots trust both in real life.
+        run_tls = issue_leaf(google_ca, google_ca_pem, self.workdir, "run", RUN_HOSTNAMES)
         other_tls = make_tls(self.workdir, "other", OTHER_HOSTNAMES)
         self.google_ca_pem: Path = google_tls.ca_pem
+        self.run_ca_pem: Path = run_tls.ca_pem  # the same file as google_ca_pem
         self.other_ca_pem: Path = other_tls.ca_pem
         self._sites = {
             "googleapis": Site(GoogleApisApp(self._state), google_tls.cert_pem, google_tls.key_pem),
             "metadata": Site(MetadataApp(self._state)),
             "other": Site(OtherOriginApp(self._state), other_tls.cert_pem, other_tls.key_pem),
+            "run": Site(CloudRunApp(self._state), run_tls.cert_pem, run_tls.key_pem),
         }
         self._server: ServerThread | None = None
         self.googleapis_addr: tuple[str, int] = ("127.0.0.1", 0)
         self.metadata_addr: tuple[str, int] = ("127.0.0.1", 0)
         self.other_addr: tuple[str, int] = ("127.0.0.1", 0)
+        self.run_addr: tuple[str, int] = ("127.0.0.1", 0)
         # gRPC (grpcio servers, their own threads): Pub/Sub and the test service on
         # pubsub.googleapis.com, the test service on grpc.example.test, and a raw HTTP/2 upstream
         # that resets streams (tests reach it under another *.googleapis.com name).
@@ -70,13 +82,15 @@ class FakeGoogle:
         self.googleapis_addr = self._sites["googleapis"].bind()
         self.metadata_addr = self._sites["metadata"].bind()
         self.other_addr = self._sites["other"].bind()
+        self.run_addr = self._sites["run"].bind()
         self._state.stopping.clear()
         self._server = ServerThread(list(self._sites.values()))
         self._server.start()
         self.pubsub_addr, self.grpc_other_addr, self.grpc_faults_addr = (s.start() for s in self._grpc_sites)
         self.connect_proxy_addr = self.connect_proxy.start(
             {name: self.googleapis_addr for name in GOOGLE_HOSTNAMES}
-            | {name: self.other_addr for name in ("*.example.test", "example.test")})
+            | {name: self.other_addr for name in ("*.example.test", "example.test")}
+            | {name: self.run_addr for name in RUN_HOSTNAMES})
         return self
 
     def stop(self) -> None:
@@ -179,8 +193,9 @@ class FakeGoogle:
         return self._state.tokens.requests
 
     def token_requests_to(self, endpoint: str) -> int:
-        """Requests to one token endpoint: oauth2, metadata, sts_exchange, sts_refresh,
-        generate_access_token (``token_requests`` is their sum)."""
+        """Requests to one token endpoint: oauth2, oauth2_id_token, metadata, metadata_identity,
+        sts_exchange, sts_refresh, generate_access_token, generate_id_token (``token_requests``
+        is their sum)."""
         return self._state.tokens.requests_to(endpoint)
 
     @property
@@ -230,13 +245,81 @@ class FakeGoogle:
 
     @property
     def leaks(self) -> list[str]:
-        """Where a non-Google origin ever received a token this fake issued (never cleared)."""
+        """Where a non-Google origin ever received a token this fake issued (never cleared):
+        a header name or "path"; ``run:NAME`` when an access token reached the Cloud Run origin."""
         return list(self._state.leaks)
 
-    def issue_token(self) -> str:
+    def issue_token(self, principal: str | None = None) -> str:
         """A valid access token straight from the store, for a test or benchmark that calls an API
-        directly (as the proxy would after a token fetch); it is on ``issued_tokens`` like any other."""
-        return self._state.tokens.issue()[0]
+        directly (as the proxy would after a token fetch); it is on ``issued_tokens`` like any other.
+        ``principal`` is who it speaks for at iamcredentials (None: nobody holds grants for it)."""
+        return self._state.tokens.issue(principal=principal)[0]
+
+    def principal_of(self, token: str) -> str | None:
+        """Who ``token`` speaks for: a service account's or user's email, or a federated
+        ``principal://`` name; None for a token this fake did not issue."""
+        return self._state.tokens.principal_of(token)
+
+    # --- IAM: who may impersonate whom -----------------------------------
+    def grant_token_creator(self, member_email: str, target_email: str) -> None:
+        """Give ``member_email`` (or a ``principal://`` name) "Service Account Token Creator" on
+        service account ``target_email`` (which thereby exists)."""
+        self._state.iam.grant(member_email, target_email)
+
+    def revoke_token_creator(self, member_email: str, target_email: str) -> None:
+        self._state.iam.revoke(member_email, target_email)
+
+    def add_service_account(self, email: str) -> None:
+        """Make ``email`` exist (iamcredentials answers 403 instead of 404 without a grant)."""
+        self._state.iam.add_account(email)
+
+    # --- ID tokens and the Cloud Run origin ------------------------------
+    def verify_id_token(self, token: str, audience: str | None) -> dict[str, Any]:
+        """The claims of an ID token this fake signed for ``audience`` (None: any) and that has
+        not expired; else ValueError with the reason."""
+        return self._state.id_tokens.verify(token, audience)
+
+    def mint_id_token(
+        self, audience: str, email: str = METADATA_SA, *, include_email: bool = True,
+        lifetime: int = 3600, now: float | None = None,
+    ) -> str:
+        """An ID token signed by the fake's Google key, as a test would craft one (e.g. expired,
+        with ``now`` in the past)."""
+        return self._state.id_tokens.mint(audience, email, include_email=include_email,
+                                          lifetime=lifetime, now=now)
+
+    @property
+    def id_token_key_id(self) -> str:
+        """``kid`` of the fake's ID-token signing key (published at www.googleapis.com/oauth2/v3/certs)."""
+        return self._state.id_tokens.key_id
+
+    @property
+    def issued_id_tokens(self) -> list[str]:
+        return self._state.id_tokens.issued
+
+    @staticmethod
+    def unique_id(email: str) -> str:
+        """A service account's numeric id: ``sub`` and ``azp`` of its ID tokens."""
+        return unique_id(email)
+
+    def add_run_audience(self, host: str, audience: str) -> None:
+        """Also accept ``audience`` at the Cloud Run ``host`` (a custom audience). An OAuth client
+        id (``*.apps.googleusercontent.com``) makes the host IAP-like: only client ids then."""
+        self._state.run.add_audience(host, audience)
+
+    def set_run_invokers(self, host: str, emails: Iterable[str] | None) -> None:
+        """Only these callers (``roles/run.invoker``) may call ``host``; None: any valid token."""
+        self._state.run.set_invokers(host, emails)
+
+    def run_requests(self) -> list[RecordedRequest]:
+        """What reached the Cloud Run origin since ``clear_requests()``."""
+        return [r for r in self.requests if r.server == "run"]
+
+    def reset_iam(self) -> None:
+        """Drop token-creator grants, accounts tests added, Cloud Run audiences and invokers
+        (the per-test ``fake`` fixture calls this)."""
+        self._state.iam.reset()
+        self._state.run.reset()
 
     def revoke(self, token: str) -> None:
         self._state.tokens.revoke(token)

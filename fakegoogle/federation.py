@@ -34,6 +34,7 @@ WORKFORCE_POOL = "locations/global/workforcePools/fake-workforce-pool"
 WORKFORCE_AUDIENCE = f"//iam.googleapis.com/{WORKFORCE_POOL}/providers/fake-workforce-provider"
 DEFAULT_SUBJECT = "system:serviceaccount:default:demo-app"
 URL_SUBJECT = "azure-mi-0f6c1d2e"  # what the metadata server's Azure-style endpoint vouches for
+WORKFORCE_SUBJECT = "workforce-user@example.com"  # who a workforce user's refresh speaks for
 FEDERATED_SA = f"federated-sa@{PROJECT_ID}.iam.gserviceaccount.com"
 IMPERSONATED_SA = f"impersonated-sa@{PROJECT_ID}.iam.gserviceaccount.com"
 
@@ -46,6 +47,15 @@ SUBJECT_TOKEN_TYPES = (JWT_TOKEN_TYPE, ID_TOKEN_TYPE)
 
 def impersonation_url(email: str) -> str:
     return f"https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{email}:generateAccessToken"
+
+
+def federated_principal(subject: str) -> str:
+    """The IAM principal a workload pool's federated token speaks for (what grants name)."""
+    return f"principal://iam.googleapis.com/{WORKLOAD_POOL}/subject/{subject}"
+
+
+def workforce_principal(subject: str) -> str:
+    return f"principal://iam.googleapis.com/{WORKFORCE_POOL}/subject/{subject}"
 
 
 def _b64(data: bytes) -> str:

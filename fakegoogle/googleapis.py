@@ -17,6 +17,7 @@ from .http import (
     json_response,
 )
 from .iamcredentials import iamcredentials_endpoint
+from .identity import CERTS_V1_PATH, CERTS_V3_PATH
 from .oauth import token_endpoint
 from .projects import bigquery, resource_manager
 from .records import RecordedRequest
@@ -81,6 +82,12 @@ def echo_payload(request: Request, token_valid: bool, server: str) -> dict[str, 
     }
 
 
+def signing_keys(path: str, state: SharedState) -> Response:
+    """The ID-token keys: JWKS at /oauth2/v3/certs, ``kid`` -> PEM certificate at /oauth2/v1/certs."""
+    keys = state.id_tokens.jwks() if path == CERTS_V3_PATH else state.id_tokens.x509_certs()
+    return json_response(200, keys, headers=[("cache-control", "public, max-age=3600, must-revalidate, no-transform")])
+
+
 def unauthenticated() -> Response:
     return json_response(
         401,
@@ -131,6 +138,8 @@ class GoogleApisApp(App):
             return await token_endpoint(request, self.state)
         if service == "sts" and request.raw_path in STS_ENDPOINTS and request.method == "POST":
             return await sts_endpoint(request, self.state)
+        if service == "www" and request.method == "GET" and request.raw_path in (CERTS_V1_PATH, CERTS_V3_PATH):
+            return signing_keys(request.raw_path, self.state)  # public, like Google's: no token needed
         if service == "iamcredentials" and (found := await iamcredentials_endpoint(request, self.state)):
             # Recorded like an API call: tests check what reached it (never the proxy's token).
             caller = bearer_token(request.headers.get("authorization"))

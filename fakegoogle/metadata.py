@@ -1,5 +1,9 @@
 """Plain-HTTP fake GCE metadata server, plus the /_fake/ admin endpoints.
 
+``instance/service-accounts/default/identity?audience=AUD[&format=full][&licenses=TRUE]`` mints
+a Google-signed ID token for the default service account (text/plain, as GCE answers);
+``format=full`` adds the ``google.compute_engine`` claim describing this fake instance.
+
 Also GET /metadata/identity/oauth2/token?resource=AUD (header ``Metadata: true``), Azure's
 managed identity endpoint, which mints an OIDC subject token for URL-sourced federation.
 
@@ -12,6 +16,8 @@ Admin (no Metadata-Flavor needed), for out-of-process control of a running fake:
 """
 
 from __future__ import annotations
+
+import time
 
 from .credentials import PROJECT_ID
 from .federation import URL_SUBJECT
@@ -36,13 +42,18 @@ ROOT = "/computeMetadata/v1/"
 AZURE_TOKEN_PATH = "/metadata/identity/oauth2/token"
 SA_PREFIX = "instance/service-accounts/"
 
+INSTANCE_ID = "4000000000000000000"
+INSTANCE_NAME = "demo-vm-1"
+ZONE = "us-central1-a"
+INSTANCE_CREATED = int(time.time())  # instance_creation_timestamp in full-format identity tokens
+
 STATIC: dict[str, str] = {
     "project/project-id": PROJECT_ID,
     "project/numeric-project-id": PROJECT_NUMBER,
-    "instance/id": "4000000000000000000",
-    "instance/name": "demo-vm-1",
-    "instance/hostname": "demo-vm-1.us-central1-a.c.fake-project.internal",
-    "instance/zone": f"projects/{PROJECT_NUMBER}/zones/us-central1-a",
+    "instance/id": INSTANCE_ID,
+    "instance/name": INSTANCE_NAME,
+    "instance/hostname": f"{INSTANCE_NAME}.{ZONE}.c.{PROJECT_ID}.internal",
+    "instance/zone": f"projects/{PROJECT_NUMBER}/zones/{ZONE}",
     "universe/universe-domain": "googleapis.com",
     SA_PREFIX: f"default/\n{SA_EMAIL}/\n",
 }
@@ -50,6 +61,21 @@ STATIC: dict[str, str] = {
 
 def metadata_text(text: str, status: int = 200) -> Response:
     return text_response(status, text, "application/text", FLAVOR)
+
+
+def compute_engine_claim(licenses: bool) -> dict[str, object]:
+    """The ``google`` claim of a ``format=full`` identity token, describing this instance."""
+    details: dict[str, object] = {
+        "instance_creation_timestamp": INSTANCE_CREATED,
+        "instance_id": INSTANCE_ID,
+        "instance_name": INSTANCE_NAME,
+        "project_id": PROJECT_ID,
+        "project_number": int(PROJECT_NUMBER),
+        "zone": ZONE,
+    }
+    if licenses:
+        details["license_id"] = []
+    return {"compute_engine": details}
 
 
 def stats(state: SharedState) -> dict[str, int]:
@@ -106,6 +132,8 @@ class MetadataApp(App):
             return metadata_text("\n".join(DEFAULT_SCOPES) + "\n")
         if leaf == "token":
             return await self.token(request.query.get("scopes"))
+        if leaf == "identity":
+            return await self.identity(request.query)
         return metadata_text("Not Found\n", 404)
 
     async def token(self, scopes: str | None) -> Response:
@@ -115,7 +143,7 @@ class MetadataApp(App):
         if failure is not None:
             failure.headers.extend(FLAVOR)
             return failure
-        token, expires_in = self.state.tokens.issue("metadata")
+        token, expires_in = self.state.tokens.issue("metadata", principal=SA_EMAIL)
         payload: dict[str, object] = {
             "access_token": token,
             "expires_in": expires_in,
@@ -124,6 +152,25 @@ class MetadataApp(App):
         if scopes:
             payload["scope"] = " ".join(s for s in scopes.split(",") if s)
         return json_response(200, payload, FLAVOR)
+
+    async def identity(self, query: dict[str, str]) -> Response:
+        """An ID token for the default service account, ``aud`` = ``?audience=`` (required)."""
+        self.state.tokens.count_request("metadata_identity")
+        failure = await failure_response(self.state.tokens, self.state.stopping)
+        if failure is not None:
+            failure.headers.extend(FLAVOR)
+            return failure
+        audience = query.get("audience", "")
+        if not audience:
+            return metadata_text("non-empty audience parameter required\n", 400)
+        form = query.get("format", "standard")
+        if form not in ("standard", "full"):
+            return metadata_text("invalid format parameter\n", 400)
+        extra = None
+        if form == "full":
+            extra = {"google": compute_engine_claim(query.get("licenses", "").upper() == "TRUE")}
+        token = self.state.id_tokens.mint(audience, SA_EMAIL, lifetime=self.state.tokens.lifetime, extra=extra)
+        return text_response(200, token, "text/plain; charset=utf-8", FLAVOR)
 
     def azure_identity_token(self, request: Request) -> Response:
         """Azure IMDS-style managed identity token: the URL-sourced subject token for

@@ -1,4 +1,7 @@
-"""ASGI app for the non-Google TLS origin: echoes what it received, minus credentials."""
+"""ASGI app for the non-Google TLS origin: echoes what it received, minus credentials.
+
+Any access or ID token this fake issued that arrives here is a leak (``leaks``).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ class OtherOriginApp(App):
 
     async def respond(self, request: Request) -> Response:
         for name, value in [("path", request.full_path), *request.headers.items()]:
-            if self.state.tokens.found_in(value):
+            if self.state.tokens.found_in(value) or self.state.id_tokens.found_in(value):
                 self.state.leaks.append(name)
         token = bearer_token(request.headers.get("authorization"))
         token_valid = token is not None and self.state.tokens.is_valid(token)

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 
 from .credentials import CredentialRegistry
 from .federation import Federation
+from .iam_policy import TokenCreatorGrants
+from .identity import IdTokenIssuer
 from .records import RequestLog
+from .run_access import RunAccess
 from .storage_model import Storage
 from .tokens import TokenStore
 
@@ -18,6 +21,9 @@ class SharedState:
     tokens: TokenStore
     credentials: CredentialRegistry = field(default_factory=CredentialRegistry)
     federation: Federation = field(default_factory=Federation)
+    iam: TokenCreatorGrants = field(default_factory=TokenCreatorGrants)
+    id_tokens: IdTokenIssuer = field(default_factory=IdTokenIssuer)
+    run: RunAccess = field(default_factory=RunAccess)
     log: RequestLog = field(default_factory=RequestLog)
     storage: Storage = field(default_factory=Storage)
     stopping: threading.Event = field(default_factory=threading.Event)

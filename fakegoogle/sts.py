@@ -10,7 +10,13 @@ import base64
 import binascii
 from urllib.parse import parse_qsl
 
-from .federation import AUDIENCE, SUBJECT_TOKEN_TYPES
+from .federation import (
+    AUDIENCE,
+    SUBJECT_TOKEN_TYPES,
+    WORKFORCE_SUBJECT,
+    federated_principal,
+    workforce_principal,
+)
 from .http import Request, Response, json_response
 from .jwt_verify import GrantError
 from .state import SharedState
@@ -53,10 +59,10 @@ def exchange(form: dict[str, str], state: SharedState) -> Response:
     if not form.get("scope", "").split():
         return _error("invalid_scope", "Scope(s) must be provided.")
     try:
-        state.federation.verify_subject_token(form.get("subject_token", ""))
+        claims = state.federation.verify_subject_token(form.get("subject_token", ""))
     except GrantError as exc:
         return _error("invalid_grant", str(exc))
-    token, expires_in = state.tokens.issue("sts")
+    token, expires_in = state.tokens.issue("sts", principal=federated_principal(claims["sub"]))
     return json_response(
         200,
         {"access_token": token, "issued_token_type": ACCESS_TOKEN_TYPE, "token_type": "Bearer",
@@ -72,7 +78,7 @@ def refresh(form: dict[str, str], authorization: str | None, state: SharedState)
     client_id, secret = _basic_auth(authorization)
     if state.federation.workforce_user(client_id, secret, form.get("refresh_token", "")) is None:
         return _error("invalid_grant", "The refresh token is invalid or expired.")
-    token, expires_in = state.tokens.issue("sts_refresh")
+    token, expires_in = state.tokens.issue("sts_refresh", principal=workforce_principal(WORKFORCE_SUBJECT))
     return json_response(
         200, {"access_token": token, "token_type": "Bearer", "expires_in": expires_in}, headers=NO_STORE
     )

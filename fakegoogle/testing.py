@@ -1,6 +1,6 @@
 """Test helper: make urllib3 (hence requests/google-auth) reach the fake by real host names.
 
-Without DNS for *.googleapis.com, this redirects the TCP connect while
+Without DNS for *.googleapis.com (and *.a.run.app), this redirects the TCP connect while
 keeping SNI, Host and certificate checks on the real names.
 """
 
@@ -22,6 +22,8 @@ def target_for(fg: FakeGoogle, host: str) -> tuple[str, int] | None:
     host = host.lower().rstrip(".")
     if host == "googleapis.com" or host.endswith(".googleapis.com"):
         return fg.googleapis_addr
+    if host.endswith(".a.run.app"):
+        return fg.run_addr
     if host in OTHER_HOSTS:
         return fg.other_addr
     if host == "metadata.google.internal":

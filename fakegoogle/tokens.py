@@ -22,6 +22,7 @@ class TokenStore:
         self._changed = threading.Condition(self._lock)
         self._expiry: dict[str, float] = {}
         self._kind: dict[str, str] = {}
+        self._principal: dict[str, str] = {}
         self._order: list[str] = []
         self._revoked: set[str] = set()
         self.lifetime = lifetime
@@ -39,8 +40,8 @@ class TokenStore:
             self._changed.notify_all()
 
     def requests_to(self, endpoint: str) -> int:
-        """Requests so far to one token endpoint: oauth2, metadata, sts_exchange, sts_refresh,
-        generate_access_token."""
+        """Requests so far to one token endpoint: oauth2, oauth2_id_token, metadata,
+        metadata_identity, sts_exchange, sts_refresh, generate_access_token, generate_id_token."""
         with self._lock:
             return self._requests_to[endpoint]
 
@@ -49,17 +50,22 @@ class TokenStore:
         with self._changed:
             return self._changed.wait_for(lambda: self.requests >= count, timeout)
 
-    def issue(self, kind: str = "oauth2", lifetime: int | None = None) -> tuple[str, int]:
+    def issue(
+        self, kind: str = "oauth2", lifetime: int | None = None, principal: str | None = None
+    ) -> tuple[str, int]:
         """Mint an unpredictable token; returns (token, expires_in).
 
         ``kind`` names the endpoint that issued it (see ``kind_of``); ``lifetime`` may shorten
-        the store's lifetime for this one token (generateAccessToken's ``lifetime``).
+        the store's lifetime for this one token (generateAccessToken's ``lifetime``);
+        ``principal`` is who the token speaks for, which iamcredentials checks grants against.
         """
         token = "ya29.fake-" + secrets.token_urlsafe(32)
         with self._lock:
             lifetime = self.lifetime if lifetime is None else min(lifetime, self.lifetime)
             self._expiry[token] = time.time() + lifetime
             self._kind[token] = kind
+            if principal is not None:
+                self._principal[token] = principal
             self._order.append(token)
             self.fetches += 1
         return token, lifetime
@@ -68,6 +74,11 @@ class TokenStore:
         """Which endpoint issued ``token`` (oauth2, metadata, sts, sts_refresh, iamcredentials)."""
         with self._lock:
             return self._kind.get(token)
+
+    def principal_of(self, token: str) -> str | None:
+        """The email (or federated ``principal://`` name) ``token`` was issued for."""
+        with self._lock:
+            return self._principal.get(token)
 
     def is_valid(self, token: str) -> bool:
         with self._lock:

@@ -55,6 +55,7 @@ def fake(fake_google: FakeGoogle) -> Iterator[FakeGoogle]:
     fake_google.token_lifetime = 3600
     fake_google.clear_requests()
     fake_google.reset_storage()
+    fake_google.reset_iam()
     yield fake_google
     fake_google.set_token_failure(None)
 
