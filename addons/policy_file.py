@@ -195,7 +195,7 @@ def _host_patterns(values: Iterable[str], table: str, index: int, where: _Locato
     try:
         return tuple(hosts.parse_host_pattern(v) for v in values)
     except ValueError as e:
-        raise PolicyError(f"{where.key(table, index, 'hosts')}: {e}") from None
+        raise PolicyError(f"{where.key(table, index, 'hosts')}: key hosts: {e}") from None
 
 
 class _Locator:
@@ -237,6 +237,8 @@ def parse_chain(value: Any) -> tuple[str, ...]:
     """Service accounts in gcloud's order, from ``"A,B"`` or ``["A", "B"]``; ValueError says what is wrong."""
     from addons.impersonation import parse_chain as parse
 
+    if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+        raise ValueError("impersonate must be a service account email or an array of them")
     return parse(value)
 
 
@@ -344,10 +346,10 @@ def _warnings(routes: Sequence[Route], rules: Sequence[Rule]) -> list[str]:
     seen: dict[tuple[Any, ...], Route] = {}
     for route in routes:
         key = (frozenset(route.hosts), frozenset(route.paths), route.proxy_users)
-        if key in seen:
+        if key in seen and not route.origin.startswith("--"):  # a file route may stand in for a flag's
             found.append(f"{route.origin}: route {route.name!r} is never used: route {seen[key].name!r} "
                          f"({seen[key].origin}) has the same hosts, paths and users and comes first")
-        else:
+        elif key not in seen:
             seen[key] = route
     return found
 

@@ -294,7 +294,7 @@ def covers(earlier: Iterable[str], later: Iterable[str]) -> bool:
     """Every pattern of ``later`` is one of ``earlier``'s or falls under a catch-all there
     (used for shadowing warnings; conservative: False when unsure)."""
     first = set(earlier)
-    return all(p in first or "**" in first or (p.count("/") == 0 and "*" in first) for p in later)
+    return all(p in first or "**" in first or (p.count("/") == 0 and "**" not in p and "*" in first) for p in later)
 
 
 def request_call(host: str, method: str, path: str, content_type: str = "",
