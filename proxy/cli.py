@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from addons.options import BY_NAME, Option
-from proxy import runcmd, wrap
+from proxy import policy_cli, runcmd, wrap
 from proxy import settings as settings_mod
 from proxy.errors import ExitStatus, ProxyError
 
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         if "doctor" in option.commands:
             add_option_flag(doctor, option)
     doctor.add_argument("--json", action="store_true", help="print the checks as a JSON list")
+    policy_cli.add_parsers(sub, add_option_flag)
     return parser
 
 
@@ -180,7 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Any] = {"serve": cmd_serve, "ca": cmd_ca, "demo": cmd_demo,
                             "run": runcmd.cmd_run, "env": runcmd.cmd_env, "audit": cmd_audit,
-                            "doctor": cmd_doctor}
+                            "doctor": cmd_doctor, "policy": policy_cli.cmd_policy}
 
 
 def main(argv: Sequence[str]) -> int:
