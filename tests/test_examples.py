@@ -141,3 +141,43 @@ def test_systemd_unit_runs_a_valid_serve_command(tmp_path: Path) -> None:
     assert args.command == "serve"
     parsed = settings.from_sources(vars(args), environ={})
     assert parsed.listen == "127.0.0.1:8080"
+
+
+# -- examples/policy.toml ----------------------------------------------------------------------------
+
+def test_policy_example_passes_policy_check() -> None:
+    out = subprocess.run([sys.executable, "-m", "proxy", "policy", "check", "--config", str(EXAMPLES / "policy.toml")],
+                         cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "warning" not in out.stdout.lower(), out.stdout
+    for name in ("google-apis", "report-service", "no-deletes", "read-logs", "write-reports", "pypi"):
+        assert name in out.stdout
+
+
+def test_policy_example_allows_the_job_and_nothing_else(proxy_factory, fake: FakeGoogle, tmp_path: Path) -> None:
+    from tests.test_proxy_e2e import session_via
+
+    storage = fake._state.storage  # buckets the job reads and writes, made behind the proxy's back
+    storage.create_bucket("logs-2026", "fake-project")
+    storage.put_bytes("logs-2026", "app/01.log", b"log line\n", "text/plain")
+    storage.create_bucket("reports", "fake-project")
+    proxy = proxy_factory("--config", str(EXAMPLES / "policy.toml"),
+                          "--resolve", "*.a.run.app={}:{}".format(*fake.run_addr))
+    session = session_via(proxy)
+    api = "https://storage.googleapis.com/storage/v1/b"
+    assert session.get(f"{api}/logs-2026/o/app%2F01.log?alt=media", timeout=20).text == "log line\n"
+    assert session.get(f"{api}/logs-2026/o", timeout=20).status_code == 200
+    upload = session.post("https://storage.googleapis.com/upload/storage/v1/b/reports/o?uploadType=media"
+                          "&name=daily/2026-11-28.txt", data=b"report", timeout=20)
+    assert upload.status_code == 200, upload.text
+    run = session.get("https://report-abc123.a.run.app/", timeout=20)
+    assert run.status_code == 200 and run.json()["aud"] == "https://report-abc123.a.run.app"
+    refused = {
+        "delete": session.delete(f"{api}/logs-2026/o/app%2F01.log", timeout=20),
+        "other bucket": session.get(f"{api}/demo-bucket/o/hello.txt?alt=media", timeout=20),
+        "report elsewhere": session.post("https://storage.googleapis.com/upload/storage/v1/b/reports/o"
+                                         "?uploadType=media&name=other.txt", data=b"x", timeout=20),
+    }
+    assert {k: r.status_code for k, r in refused.items()} == dict.fromkeys(refused, 403)
+    assert "no-deletes" in refused["delete"].json()["error"]["message"]
+    assert storage.get("logs-2026", "app/01.log") is not None
