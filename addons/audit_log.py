@@ -30,7 +30,7 @@ from mitmproxy import ctx, exceptions, http
 from addons import google_api, options, redact
 from addons.destination import destination_of
 from addons.errors import error_response
-from addons.policy_model import has_dot_segments
+from addons.policy_model import API_KEY, recognise
 from addons.proxy_auth import proxy_user_of
 
 logger = logging.getLogger(__name__)
@@ -175,9 +175,12 @@ def audit_record(flow: http.HTTPFlow, now: float | None = None) -> dict[str, Any
         end = websocket.timestamp_end or now or time.time()
     else:
         end = (response.timestamp_end if response is not None else None) or now or time.time()
-    # as the rules see it: a path with dot segments names no API method (addons/policy_model.py)
-    api = (google_api.ApiCall() if has_dot_segments(request.path)
-           else google_api.describe(host, request.method, request.path, request.headers.get("content-type", "")))
+    # as the rules saw it (recognised once per request when there are rules)
+    seen = meta.get(API_KEY)
+    if seen is not None and seen[:3] == (host, request.method, request.path):
+        api = seen[3]
+    else:
+        api = recognise(host, request.method, request.path, request.headers.get("content-type", ""))
     record: dict[str, Any] = {
         "time": _rfc3339(request.timestamp_start),
         "duration_ms": round(max(0.0, end - request.timestamp_start) * 1000, 1),

@@ -31,11 +31,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from addons import hosts
+from addons import google_api, hosts
+from addons.google_api import ApiCall
 from addons.hosts import HostPattern
 
 CredentialKind = Literal["adc", "none", "impersonate", "id_token", "key_file"]
 Action = Literal["allow", "deny"]
+# Distinct (host, method, API method, user) combinations whose candidate rules are kept per policy.
+MAX_INDEX = 4096
+# flow.metadata["gauth"] key: (host, method, path, ApiCall) as the rules recognised the request.
+API_KEY = "api"
 
 # What the audit log's ``credential`` field says for each kind.
 _LABELS = {"adc": "adc", "none": "none", "impersonate": "impersonated", "id_token": "id_token",
@@ -129,7 +134,9 @@ class Rule:
         """It names something only a seen request has (so it never matches a tunnel)."""
         return bool(self.methods or self.api_methods or self.resources)
 
-    def matches(self, call: Call) -> bool:
+    def matches(self, call: Call, *, resource: bool = True) -> bool:
+        """``resource=False``: every criterion but the resource globs (a call without a resource
+        still fails a rule that names resources)."""
         if self.proxy_users and call.proxy_user not in self.proxy_users:
             return False
         if self.hosts and not hosts.matches_any(call.host, self.hosts):
@@ -141,8 +148,11 @@ class Rule:
         if self.api_methods and (call.api_method is None
                                  or not any(api_method_matches(p, call.api_method) for p in self.api_methods)):
             return False
-        return not self.resources or (
-            call.resource is not None and any(resource_matches(p, call.resource) for p in self.resources))
+        if not self.resources:
+            return True
+        if call.resource is None:
+            return False
+        return not resource or any(resource_matches(p, call.resource) for p in self.resources)
 
 
 @dataclass(frozen=True)
@@ -208,12 +218,40 @@ class Policy:
         return [route for _, route in sorted(self._indexed, key=key, reverse=True)]
 
     def decide(self, call: Call) -> Decision:
-        """First matching rule wins; else the default."""
-        for rule in self.rules:
-            if rule.matches(call):
-                return Decision(rule.action, rule, f"rule {rule.name!r} ({rule.origin or 'config'}) matched")
-        what = "no rule allows this tunnel" if call.tunnel else "no rule matched"
-        return Decision(self.default, None, f"{what}: the default is {self.default}")
+        """First matching rule wins; else the default.
+
+        Every criterion but the resource takes few values (host, method, API method, user), so
+        the rules that pass on those are worked out once per such combination and kept; only the
+        resource globs of those candidates run per call (100 rules: one dict lookup, not 100
+        matches). A reloaded policy is a new object with an empty index.
+        """
+        key = (call.host, call.method, call.api_method, call.proxy_user, call.tunnel, call.resource is None)
+        index = self._index
+        candidates = index.get(key)
+        if candidates is None:
+            candidates = tuple((rule, decision) for rule, decision in zip(self.rules, self._decisions, strict=True)
+                               if rule.matches(call, resource=False))
+            if len(index) >= MAX_INDEX:
+                index.clear()
+            index[key] = candidates
+        for rule, decision in candidates:
+            if not rule.resources or any(resource_matches(p, call.resource or "") for p in rule.resources):
+                return decision
+        return self._default_decisions[call.tunnel]
+
+    @functools.cached_property
+    def _index(self) -> dict[tuple[object, ...], tuple[tuple[Rule, Decision], ...]]:
+        return {}
+
+    @functools.cached_property
+    def _decisions(self) -> tuple[Decision, ...]:
+        return tuple(Decision(rule.action, rule, f"rule {rule.name!r} ({rule.origin or 'config'}) matched")
+                     for rule in self.rules)
+
+    @functools.cached_property
+    def _default_decisions(self) -> dict[bool, Decision]:
+        return {tunnel: Decision(self.default, None, f"{what}: the default is {self.default}")
+                for tunnel, what in ((True, "no rule allows this tunnel"), (False, "no rule matched"))}
 
     @functools.cached_property
     def intercepted(self) -> tuple[HostPattern, ...]:
@@ -297,12 +335,16 @@ def covers(earlier: Iterable[str], later: Iterable[str]) -> bool:
     return all(p in first or "**" in first or (p.count("/") == 0 and "**" not in p and "*" in first) for p in later)
 
 
-def request_call(host: str, method: str, path: str, content_type: str = "",
-                 proxy_user: str | None = None) -> Call:
-    """The Call a seen request makes: its API method and resource as the audit log names them,
-    or None for both when the path has dot segments (what Google would act on is then unclear)."""
-    from addons import google_api
+def recognise(host: str, method: str, path: str, content_type: str = "") -> ApiCall:
+    """The API method and resource as the audit log names them; nothing for a path with dot
+    segments (what Google would act on is then unclear). Rules and the audit log share it."""
+    return ApiCall() if has_dot_segments(path) else google_api.describe(host, method, path, content_type)
 
-    api = google_api.ApiCall() if has_dot_segments(path) else google_api.describe(host, method, path, content_type)
+
+def request_call(host: str, method: str, path: str, content_type: str = "",
+                 proxy_user: str | None = None, api: ApiCall | None = None) -> Call:
+    """The Call a seen request makes (``api``: its recognition, if already done)."""
+    if api is None:
+        api = recognise(host, method, path, content_type)
     return Call(host=hosts.normalize_host(host), method=method.upper(), path=path,
                 api_method=api.api_method, resource=api.resource, proxy_user=proxy_user)

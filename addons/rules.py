@@ -17,7 +17,7 @@ from mitmproxy import http
 from addons import hosts
 from addons.destination import destination_of
 from addons.errors import error_response
-from addons.policy_model import Call, Decision, Policy, request_call
+from addons.policy_model import API_KEY, Call, Decision, Policy, recognise, request_call
 from addons.proxy_auth import proxy_user_of
 from addons.routing import Routing
 
@@ -83,11 +83,12 @@ class Rules:
         destination = destination_of(flow)
         host = destination.host if destination is not None else flow.request.host
         request = flow.request
-        call = request_call(host, request.method, request.path, request.headers.get("content-type", ""),
-                            proxy_user_of(flow))
+        api = recognise(host, request.method, request.path, request.headers.get("content-type", ""))
+        call = request_call(host, request.method, request.path, proxy_user=proxy_user_of(flow), api=api)
         decision = policy.decide(call)
         meta = flow.metadata.setdefault("gauth", {})
         meta["rule"] = decision.rule_name
+        meta[API_KEY] = (host, request.method, request.path, api)  # the audit record reuses it
         if decision.allowed:
             return
         meta.update(auth="denied", host=call.host, error=decision.reason)

@@ -41,7 +41,7 @@ def fake_google(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGoogle
     # Session-wide checks: no token reached a non-Google origin, in any header or URL ...
     assert not fake.leaks, f"a non-Google origin received an issued token in: {sorted(set(fake.leaks))}"
     # ... and no token the fake ever issued appears in any proxy's output.
-    tokens = [t for t in fake.issued_tokens if t]
+    tokens = [t for t in (*fake.issued_tokens, *fake.issued_id_tokens) if t]  # ID tokens are secrets too
     for output in ALL_OUTPUTS:
         text = output.read_text(errors="replace") if output.exists() else ""
         leaked = [t[:12] for t in tokens if t in text]
