@@ -23,6 +23,8 @@ POLICY_KEYS = ("route", "rule", "default")
 _ROUTE_KEYS = {"name", "hosts", "paths", "proxy_users", "credential"}
 _RULE_KEYS = {"name", "action", "hosts", "methods", "api_methods", "resources", "proxy_users"}
 _HTTP_METHOD = re.compile(r"^[A-Z][A-Z-]*$")
+# tomllib ends its messages with the position; we lead with it instead, as compilers do.
+_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
 
 class PolicyError(ValueError):
@@ -40,11 +42,10 @@ class FileSections:
 
 # -- reading -----------------------------------------------------------------------------------------
 
-def read_policy_file(path: str | Path) -> FileSections:
-    """The policy sections of a config file (other keys are the option loader's business).
+def read_toml(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The config file's data and text; PolicyError (``FILE[:LINE[:COL]]: ...``) when it cannot be read.
 
-    Raises:
-        PolicyError: unreadable file, invalid TOML, or a bad route or rule.
+    Shared with proxy/config_file.py, which reads the option keys of the same file.
     """
     try:
         text = Path(path).read_bytes().decode("utf-8")
@@ -53,9 +54,24 @@ def read_policy_file(path: str | Path) -> FileSections:
     except UnicodeDecodeError:
         raise PolicyError(f"{path}: the config file is not UTF-8 text") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
-        raise PolicyError(f"{path}: not valid TOML: {e}") from None
+        message = str(e)
+        at = _POSITION.search(message)
+        if at and at.group(1):
+            where = f"{path}:{at.group(1)}:{at.group(2)}"
+        else:  # an unclosed array or string: the file ended first
+            where = f"{path}:{max(len(text.splitlines()), 1)}" if at else str(path)
+        raise PolicyError(f"{where}: not valid TOML: {_POSITION.sub('', message)}") from None
+
+
+def read_policy_file(path: str | Path) -> FileSections:
+    """The policy sections of a config file (other keys are the option loader's business).
+
+    Raises:
+        PolicyError: unreadable file, invalid TOML, or a bad route or rule.
+    """
+    data, text = read_toml(path)
     return parse_sections(data, text, str(path))
 
 

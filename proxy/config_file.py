@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from addons.options import BY_NAME, Option
-from addons.policy_file import POLICY_KEYS, PolicyError, parse_sections
+from addons.policy_file import POLICY_KEYS, PolicyError, parse_sections, read_toml
 from proxy.errors import ProxyError
 
 # Command arguments that are not settings: they stay on the command line of the one command.
 _COMMAND_ARGUMENTS = {"no_placeholder": "run", "placeholder": "run", "isolate": "run", "format": "env",
                       "json": "doctor", "keep": "demo"}
-# tomllib ends its messages with the position; we lead with it instead, as compilers do.
-_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
 
 def settable() -> dict[str, Option]:
@@ -36,22 +33,8 @@ def load_config(path: Path | str) -> dict[str, Any]:
         ProxyError: unreadable file, invalid TOML, an unknown or refused key, or a value of the wrong type.
     """
     try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as e:
-        raise ProxyError(f"{path}: cannot read the config file ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise ProxyError(f"{path}: the config file is not UTF-8 text") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        message = str(e)
-        at = _POSITION.search(message)
-        if at and at.group(1):
-            where = f"{path}:{at.group(1)}:{at.group(2)}"
-        else:  # an unclosed array or string: the file ended first
-            where = f"{path}:{max(len(text.splitlines()), 1)}" if at else str(path)
-        raise ProxyError(f"{where}: not valid TOML: {_POSITION.sub('', message)}") from None
-    try:  # routes and rules: checked here so a bad one stops the start with its line
+        data, text = read_toml(path)
+        # routes and rules: checked here so a bad one stops the start with its line
         parse_sections(data, text, str(path))
     except PolicyError as e:
         raise ProxyError(str(e)) from None
