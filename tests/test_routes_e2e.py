@@ -247,3 +247,13 @@ def test_an_id_token_host_needs_an_id_token_capable_credential(proxy_process_fac
     message = answer.json()["error"]["message"]
     assert "--impersonate-service-account" in message
     assert not [r for r in fake.run_requests()]  # nothing went to Cloud Run
+
+
+def test_an_id_token_follows_the_same_destination_rule(proxy_factory: ProxyFactory, fake: FakeGoogle) -> None:
+    """The ID-token route goes through the same check as access tokens: a Host that names another
+    Cloud Run service than the TLS server name gets 421 and nothing reaches Cloud Run."""
+    proxy = proxy_factory(*run_resolve(fake), "--id-token-host", "*.a.run.app")
+    answer = session_via(proxy).get(RUN_URL, headers={"Host": "other-abc.a.run.app"}, timeout=20)
+    assert answer.status_code == 421
+    assert fake.run_requests() == []
+    assert not fake.issued_id_tokens or all(t not in answer.text for t in fake.issued_id_tokens)
