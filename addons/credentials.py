@@ -222,16 +222,23 @@ def _subject_from_file(source: Mapping[str, Any]) -> str | None:
     return _jwt_subject(text)
 
 
-def _jwt_subject(token: str) -> str | None:
-    """The ``sub`` claim of a compact JWS, unverified; None unless it is a plausible subject."""
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a compact JWS, unverified (whoever receives the token verifies it); None when
+    it is not one (opaque, or an encrypted JWT of five parts)."""
     parts = token.split(".")
     if len(parts) != 3:
-        return None  # opaque, or an encrypted JWT (five parts): its subject is not ours to read
+        return None
     try:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except (binascii.Error, ValueError):
         return None
-    subject = claims.get("sub") if isinstance(claims, dict) else None
+    return claims if isinstance(claims, dict) else None
+
+
+def _jwt_subject(token: str) -> str | None:
+    """The ``sub`` claim of a compact JWS, unverified; None unless it is a plausible subject."""
+    claims = jwt_claims(token)
+    subject = claims.get("sub") if claims is not None else None
     if not isinstance(subject, str) or not subject or len(subject.encode()) > SUBJECT_MAX_BYTES:
         return None
     if not subject.isprintable() or any(c.isspace() for c in subject):

@@ -11,8 +11,6 @@ call goes through that ``request`` (our --resolve rules, CAs and upstream proxy)
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 import itertools
 import json
@@ -21,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from addons import redact
+from addons.credentials import jwt_claims
 from addons.token_cache import TokenError
 
 IAM_URL = "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{}:{}"
@@ -210,14 +209,10 @@ def jwt_expiry(token: str) -> datetime.datetime:
     Raises:
         ValueError: not a JWT with a numeric ``exp``.
     """
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise ValueError("not a compact JWT")
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError) as e:
-        raise ValueError("the JWT payload is not base64url JSON") from e
-    exp: Any = claims.get("exp") if isinstance(claims, dict) else None
+    claims = jwt_claims(token)
+    if claims is None:
+        raise ValueError("not a compact JWT with a JSON payload")
+    exp: Any = claims.get("exp")
     if type(exp) not in (int, float):  # a bool is an int too
         raise ValueError("the JWT has no numeric exp claim")
     try:

@@ -197,7 +197,21 @@ class Policy:
         return tuple(enumerate(self.routes))
 
     def route_for(self, host: str, path: str = "/", user: str | None = None) -> Route | None:
-        """The most specific route for this request (None: no route, no token)."""
+        """The most specific route for this request (None: no route, no token).
+
+        Asked per request: without path routes the answer depends on (host, user) only and is kept.
+        """
+        if self._routes_by_path:
+            return self._find_route(host, path, user)
+        key = (host, user)
+        cache = self._route_cache
+        if key not in cache:
+            if len(cache) >= MAX_INDEX:
+                cache.clear()
+            cache[key] = self._find_route(host, path, user)
+        return cache[key]
+
+    def _find_route(self, host: str, path: str, user: str | None) -> Route | None:
         best: tuple[tuple[int, ...], Route] | None = None
         for index, route in self._indexed:
             rank = route.match_rank(host, path, user)
@@ -207,6 +221,14 @@ class Policy:
             if best is None or key > best[0]:
                 best = (key, route)
         return best[1] if best is not None else None
+
+    @functools.cached_property
+    def _routes_by_path(self) -> bool:
+        return any(route.paths for route in self.routes)
+
+    @functools.cached_property
+    def _route_cache(self) -> dict[tuple[str, str | None], Route | None]:
+        return {}
 
     def ordered_routes(self) -> list[Route]:
         """Routes from most to least specific: the order in which a request's route is found."""
@@ -221,26 +243,24 @@ class Policy:
         """First matching rule wins; else the default.
 
         Every criterion but the resource takes few values (host, method, API method, user), so
-        the rules that pass on those are worked out once per such combination and kept; only the
-        resource globs of those candidates run per call (100 rules: one dict lookup, not 100
-        matches). A reloaded policy is a new object with an empty index.
+        the rules that pass on those are worked out once per such combination and kept, with their
+        resource globs compiled into one regex (see ``_Candidates``): per call, one dict lookup and
+        at most one regex match, not a walk over the rules. A reloaded policy is a new object
+        with an empty index.
         """
         key = (call.host, call.method, call.api_method, call.proxy_user, call.tunnel, call.resource is None)
         index = self._index
         candidates = index.get(key)
         if candidates is None:
-            candidates = tuple((rule, decision) for rule, decision in zip(self.rules, self._decisions, strict=True)
-                               if rule.matches(call, resource=False))
+            candidates = _Candidates([(rule, decision) for rule, decision in zip(self.rules, self._decisions, strict=True)
+                                      if rule.matches(call, resource=False)], self._default_decisions[call.tunnel])
             if len(index) >= MAX_INDEX:
                 index.clear()
             index[key] = candidates
-        for rule, decision in candidates:
-            if not rule.resources or any(resource_matches(p, call.resource or "") for p in rule.resources):
-                return decision
-        return self._default_decisions[call.tunnel]
+        return candidates.first(call.resource)
 
     @functools.cached_property
-    def _index(self) -> dict[tuple[object, ...], tuple[tuple[Rule, Decision], ...]]:
+    def _index(self) -> dict[tuple[object, ...], _Candidates]:
         return {}
 
     @functools.cached_property
@@ -265,6 +285,35 @@ class Policy:
 
     def intercepted_patterns(self) -> list[HostPattern]:
         return list(self.intercepted)
+
+
+class _Candidates:
+    """The rules that passed on everything but the resource, in order, as one compiled regex.
+
+    Rules up to the first one without ``resources`` (which matches unconditionally) become named
+    alternatives of one ``fullmatch``: regex alternation tries them in order, so the group that
+    matched is the first matching rule. Same answers as walking the rules (a property test says so).
+    """
+
+    def __init__(self, rules: Sequence[tuple[Rule, Decision]], default: Decision) -> None:
+        alternatives: list[str] = []
+        self.decisions: dict[str, Decision] = {}
+        self.otherwise = default
+        for i, (rule, decision) in enumerate(rules):
+            if not rule.resources:
+                self.otherwise = decision
+                break
+            group = f"r{i}"
+            self.decisions[group] = decision
+            alternatives.append(f"(?P<{group}>" + "|".join(_compile(p, "/").pattern for p in rule.resources) + ")")
+        self.regex = re.compile("|".join(alternatives), re.DOTALL) if alternatives else None
+
+    def first(self, resource: str | None) -> Decision:
+        if self.regex is not None and resource is not None:
+            match = self.regex.fullmatch(resource)
+            if match is not None and match.lastgroup is not None:
+                return self.decisions[match.lastgroup]
+        return self.otherwise
 
 
 # -- globs -------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from addons.credentials import load_credentials
+from addons.credentials import load_credentials, principal
+from addons.id_tokens import default_audience
 from addons.policy_model import Credential
 from addons.resolve import ResolveRule
 from addons.token_source import TokenSource
@@ -51,7 +52,7 @@ class TokenSources:
         """The source for this credential (and, for ID tokens, this request's audience)."""
         if credential.kind == "adc":
             return self.adc
-        audience = (credential.audience or f"https://{host}") if credential.kind == "id_token" else None
+        audience = (credential.audience or default_audience(host)) if credential.kind == "id_token" else None
         key = (credential, audience)
         source = self._sources.get(key)
         if source is not None:
@@ -77,11 +78,17 @@ class TokenSources:
             assert adc.cache is not None
             return adc.cache.get().value  # blocking, single-flight with every other ADC user
 
+        def adc_loaded() -> Any:
+            """The ADC credentials (loaded, with a token), so IAM refusals can name the caller."""
+            adc_token()
+            return adc.credentials
+
         if credential.kind == "impersonate":
             from addons.impersonation import ImpersonatedCredentials
 
             def impersonated(scopes: Sequence[str], transport: Any) -> Any:
-                return ImpersonatedCredentials(adc_token, credential.chain, scopes)
+                caller = principal(adc_loaded())
+                return ImpersonatedCredentials(adc_token, credential.chain, scopes, caller=caller)
             return impersonated
         if credential.kind == "key_file":
             from addons.key_files import load_key_file
@@ -97,9 +104,11 @@ class TokenSources:
             assert audience is not None
 
             def id_token(scopes: Sequence[str], transport: Any) -> Any:
-                if credential.chain:
-                    return id_token_credentials(None, audience, source_token=adc_token, chain=credential.chain)
-                return id_token_credentials(load_credentials(scopes, transport), audience, source_token=adc_token)
+                if credential.chain:  # minted by IAM as the chain's target, asked with the ADC token
+                    return id_token_credentials(adc_loaded(), audience, source_token=adc_token,
+                                                chain=credential.chain)
+                # its own copy of the ADC credentials: an ID token grant does not share their state
+                return id_token_credentials(load_credentials(scopes, transport), audience)
             return id_token
         raise ValueError(f"credential {credential.kind!r} has no token source")
 

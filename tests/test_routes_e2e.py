@@ -67,6 +67,7 @@ def test_denied_impersonation_names_the_account_and_the_permission(proxy_factory
     assert answer.status_code == 403
     error = answer.json()["error"]
     assert TARGET in error["message"] and "iam.serviceAccounts.getAccessToken" in error["message"]
+    assert SA in error["message"]  # who lacks the role
     assert error["errors"][0]["reason"] == "impersonation_denied"
     assert api_tokens(fake) == []  # nothing went to the API, not even anonymously
 
