@@ -508,6 +508,14 @@ class AuditLog:
         count_request_stream(flow)
         self._refuse_if_broken(flow)
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT the rules or the host policy refused never becomes a request: record it here
+        (a 407 challenge is the normal start of proxy auth, not worth a record)."""
+        meta = flow.metadata.get("gauth")
+        if (self.enabled and meta and meta.get("auth") == "denied" and flow.response is not None
+                and flow.response.status_code == 403):
+            self._write(flow)
+
     def request(self, flow: http.HTTPFlow) -> None:
         # A buffered body may take long to arrive: check again right before it is sent.
         if self.enabled and "gauth" in flow.metadata and not flow.request.stream:

@@ -81,8 +81,11 @@ def test_gsutil_is_refused_by_the_rule(fake: FakeGoogle, tmp_path: Path) -> None
                       "--config", str(write(tmp_path, NO_READS)), "--audit-log", str(audit),
                       env=gcloud_env(fake, tmp_path))
     assert out.returncode != 0 and "hello from fake Google" not in out.stdout
-    denied = [r for r in audit_records(audit) if r["auth"] == "denied"]
+    denied = [r for r in audit_records(audit) if r["auth"] == "denied" and r["host"] == "storage.googleapis.com"]
     assert denied and {r["rule"] for r in denied} == {"no-reading-demo"}
+    # gsutil also probes the metadata server with a CONNECT: refused by the host policy, on record too
+    probes = [r for r in audit_records(audit) if r["method"] == "CONNECT"]
+    assert all(r["auth"] == "denied" and r["rule"] is None for r in probes)
 
 
 STORAGE_READ = """
@@ -111,7 +114,8 @@ action = "allow"
 api_methods = ["storage.objects.get", "storage.objects.list"]
 resources = ["projects/_/buckets/demo-bucket", "projects/_/buckets/demo-bucket/objects/**"]
 """)
-    proxy = proxy_factory("--config", str(config))
+    audit = tmp_path / "audit.jsonl"
+    proxy = proxy_factory("--config", str(config), "--audit-log", str(audit))
     session = session_via(proxy)
     assert session.get(MEDIA_URL, timeout=20).status_code == 200
     assert session.get(LIST_URL, timeout=20).status_code == 200
@@ -124,6 +128,8 @@ resources = ["projects/_/buckets/demo-bucket", "projects/_/buckets/demo-bucket/o
     with pytest.raises(Exception, match="403"):
         tunnelled.get("https://www.example.test/", timeout=20)
     assert not [r for r in fake.requests if r.server == "other"]
+    refused = [r for r in audit_records(audit) if r["method"] == "CONNECT"]
+    assert [(r["host"], r["auth"], r["status"], r["rule"]) for r in refused] == [("www.example.test", "denied", 403, None)]
 
 
 def test_a_host_rule_opens_the_tunnel(proxy_factory: ProxyFactory, fake: FakeGoogle, tmp_path: Path) -> None:
@@ -200,3 +206,26 @@ def test_policy_suggest_drafts_a_policy_that_allows_exactly_the_run(proxy_factor
         assert session.get(url, timeout=20).status_code == 200, url
     assert session.delete(OBJECT_URL, timeout=20).status_code == 403
     assert session.get("https://storage.googleapis.com/storage/v1/b?project=fake-project", timeout=20).status_code == 403
+
+
+def test_a_denied_grpc_call_gets_permission_denied_with_the_rule(proxy_factory: ProxyFactory, fake: FakeGoogle,
+                                                                 tmp_path: Path) -> None:
+    import grpc
+
+    from tests.test_grpc import ECHO, PUBSUB, WAIT
+
+    config = write(tmp_path, f"""
+[[rule]]
+name = "no-pubsub"
+action = "deny"
+hosts = ["{PUBSUB}"]
+methods = ["POST"]
+""")
+    proxy = proxy_factory("--config", str(config))
+    credentials = grpc.ssl_channel_credentials(proxy.ca_cert.read_bytes())
+    with (grpc.secure_channel(f"{PUBSUB}:443", credentials, options=[("grpc.http_proxy", proxy.url)]) as channel,
+          pytest.raises(grpc.RpcError) as raised):
+        channel.unary_unary(ECHO + "Unary")(b"hello", timeout=WAIT)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "no-pubsub" in raised.value.details()
+    assert not [r for r in fake.requests if r.server == "pubsub"]  # nothing went upstream
