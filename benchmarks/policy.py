@@ -18,8 +18,9 @@ Two parts (default both, about two minutes):
     ratios of the medians. Token fetches: each proxy is started alone and hit by a burst of
     concurrent first requests, counting the fake's token endpoint requests around it; at the end
     each proxy's audit log must name exactly one token (``token_id``) for all its requests.
-    ``Policy.decide`` indexes the rules by everything but the resource (the first run measured
-    1.17x/1.23x CPU without it; docs/benchmarks.md).
+    ``Policy.decide`` indexes the rules by everything but the resource and compiles the
+    candidates' resource globs (the first run measured 1.17x/1.23x CPU without that;
+    docs/benchmarks.md).
 
 Prints one JSON line per measurement and a summary; writes the whole run to
 benchmarks/results/policy.json (ignored by git).
