@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from addons import google_api, hosts
+from addons import hosts
 from addons.options import BY_NAME, Option
-from addons.policy_model import Call, Decision, Policy, Route, Rule, has_dot_segments, request_call
+from addons.policy_model import Call, Decision, Policy, Route, Rule, recognise, request_call
 from proxy.errors import ExitStatus, ProxyError
 
 # The settings a policy is made of; check and explain take these flags as serve does.
@@ -185,7 +185,7 @@ def explain(policy: Policy, method: str, url: str, user: str | None = None) -> E
     """Which route and rule decide METHOD URL for ``user``, as the proxy would."""
     method, host, path = parse_target(method, url)
     intercepted = hosts.matches_any(host, policy.intercepted_patterns())
-    if not intercepted:
+    if not intercepted and urlsplit(url).scheme == "https":
         call = Call(host=host, method=method, path=path, proxy_user=user, tunnel=True)
         passthrough = policy.route_for(host, path, user)
         why = (f"route {passthrough.name} ({passthrough.origin or 'flag'}) adds no credential"
@@ -193,14 +193,17 @@ def explain(policy: Policy, method: str, url: str, user: str | None = None) -> E
         return Explanation(method, url, call, None, False, None,
                            f"{why}, so the proxy does not open its TLS: it is tunnelled untouched", (),
                            policy.decide(call))
-    call = request_call(host, method, path, proxy_user=user)
-    service = None if has_dot_segments(path) else google_api.describe(host, method, path).service
+    api = recognise(host, method, path)  # plain http:// is seen (and decided) request by request too
+    call = request_call(host, method, path, proxy_user=user, api=api)
+    service = api.service
     matching = [(r.match_rank(host, path, user), i, r) for i, r in enumerate(policy.routes)]
     ranked = sorted(((rank, -i, r) for rank, i, r in matching if rank is not None), key=lambda t: t[:2],
                     reverse=True)
     chosen = policy.route_for(host, path, user)
     others = tuple(r for _, _, r in ranked if r is not chosen)
-    if chosen is None:
+    if chosen is None and not intercepted:
+        why = "no route adds a credential for this host; plain http:// is seen request by request, so rules apply"
+    elif chosen is None:
         why = "no route matches this path or user, so no credential is added (other paths of this host have one)"
     elif not others:
         why = "the only route that matches"

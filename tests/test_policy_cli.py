@@ -190,6 +190,14 @@ def test_explain_a_tunnelled_host_evaluates_the_tunnel(capsys, config, htpasswd)
     assert "route example-pass" in out and "adds no credential" in out
 
 
+def test_explain_plain_http_is_decided_request_by_request(capsys, config, htpasswd):
+    """The proxy sees plain http:// requests (no tunnel), so every rule applies to them."""
+    code, out, _ = explain(capsys, config, htpasswd, "GET", "http://evil.example/x")
+    assert code == ExitStatus.OK
+    assert "tunnelled" not in out and "plain http:// is seen request by request" in out
+    assert "decision: deny: no rule matched: the default is deny" in out
+
+
 def test_explain_routes_by_proxy_user(capsys, config, htpasswd):
     url = f"{STORAGE}/b/logs-1/o/a.txt"
     code, out, _ = explain(capsys, config, htpasswd, "--user", "alice", "GET", url)
