@@ -33,8 +33,6 @@ import datetime
 import json
 import os
 import shlex
-import socket
-import ssl
 import statistics
 import sys
 import tempfile
@@ -169,25 +167,6 @@ def micro(seconds: float, workdir: Path) -> dict[str, Any]:
 
 # -- macro ---------------------------------------------------------------------------------------
 
-def _get_once(port: int, ca: str, path: str) -> int:
-    """One GET through the proxy on a fresh connection; the status."""
-    ctx = ssl.create_default_context(cafile=ca)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        raw.sendall(f"CONNECT {BENCH_HOST}:443 HTTP/1.1\r\nHost: {BENCH_HOST}:443\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = raw.recv(4096)
-            if not chunk:
-                raise ConnectionError("closed during CONNECT")
-            head += chunk
-        with ctx.wrap_socket(raw, server_hostname=BENCH_HOST) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {BENCH_HOST}\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while b"\r\n" not in data and (chunk := s.recv(4096)):
-                data += chunk
-            return int(data.split(b" ", 2)[1])
-
-
 def _audit_summary(path: Path) -> dict[str, Any]:
     token_ids: set[str] = set()
     rules: dict[str, int] = {}
@@ -208,7 +187,7 @@ def _audit_summary(path: Path) -> dict[str, Any]:
 def macro(rounds: int, duration: float, concurrency: int, burst: int, workdir: Path,
           modes: tuple[str, ...] = MODES) -> dict[str, Any]:
     from benchmarks import procs
-    from benchmarks.session import Config, Session
+    from benchmarks.session import Config, Session, probe
 
     start_row = _emit({"part": "macro", "loadavg_at_start": _loadavg(), "cpus": os.cpu_count(),
                        "rounds": rounds, "duration_s": duration, "concurrency": concurrency,
@@ -241,8 +220,8 @@ def macro(rounds: int, duration: float, concurrency: int, burst: int, workdir: P
                             "burst_errors": first["errors"],
                             "token_fetches": after["token_fetches"] - before["token_fetches"],
                             "token_requests": after["token_requests"] - before["token_requests"]}
-            probes[mode] = {"allowed_path": _get_once(proxy.port, proxy.info["ca"], BENCH_PATH),
-                            "unlisted_bucket": _get_once(proxy.port, proxy.info["ca"], DENIED_PATH)}
+            probes[mode] = {"allowed_path": probe(proxy.port, proxy.info["ca"], BENCH_PATH),
+                            "unlisted_bucket": probe(proxy.port, proxy.info["ca"], DENIED_PATH)}
             _emit({"part": "macro-start", "mode": mode, **tokens[mode], "probe_statuses": probes[mode]})
         for rnd in range(rounds):
             order = list(modes[rnd % len(modes):] + modes[:rnd % len(modes)])

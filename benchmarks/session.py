@@ -262,7 +262,7 @@ class Session:
         self.results["proxy_peak_rss_mb"] = peaks
 
 
-def _probe(port: int, ca: str) -> int:
+def probe(port: int, ca: str, path: str = SMALL_PATH) -> int:
     """One GET through the proxy on a fresh connection; returns the status (or raises OSError)."""
     ctx = ssl.create_default_context(cafile=ca)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
@@ -274,7 +274,7 @@ def _probe(port: int, ca: str) -> int:
                 raise ConnectionError("closed during CONNECT")
             head += chunk
         with ctx.wrap_socket(raw, server_hostname=GOOGLE_HOST) as s:
-            s.sendall(f"GET {SMALL_PATH} HTTP/1.1\r\nHost: {GOOGLE_HOST}\r\nConnection: close\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {GOOGLE_HOST}\r\nConnection: close\r\n\r\n".encode())
             data = s.recv(4096)
             return int(data.split(b" ", 2)[1])
 
@@ -285,7 +285,7 @@ def first_proxied_200(proc: procs.Proc, t0: float, timeout: float = 60.0) -> flo
         if proc.popen.poll() is not None:
             raise RuntimeError(f"the proxy exited with {proc.popen.returncode}; see {proc.log}")
         try:
-            if _probe(proc.port, proc.info["ca"]) == 200:
+            if probe(proc.port, proc.info["ca"]) == 200:
                 return time.monotonic() - t0
         except (OSError, ValueError, IndexError):
             pass
