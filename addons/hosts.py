@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
@@ -61,14 +61,19 @@ def matches_any(host: str | None, patterns: Iterable[HostPattern]) -> bool:
     return any(matches_host(host, p) for p in patterns)
 
 
-def allow_hosts_regex(pattern: HostPattern) -> str:
+def allow_hosts_regex(pattern: HostPattern, except_names: Sequence[str] = ()) -> str:
     """An anchored regex over mitmproxy's ``host:port`` strings for ``allow_hosts``.
 
     mitmproxy tests these with ``re.search`` against ``host:port`` (any port), so anchor both ends.
+    ``except_names``: exact names the regex must not match (tunnelled untouched, though the
+    pattern covers them); compared case-insensitively, as the pattern is.
     """
     suffix = re.escape(pattern.suffix)
     prefix = r"(?:[^.:/\s]+\.)+" if pattern.wildcard else ""
-    return rf"^{prefix}{suffix}\.?:\d+$"
+    skip = ""
+    if except_names:
+        skip = "(?!(?i:" + "|".join(re.escape(n) for n in except_names) + r")\.?:\d+$)"
+    return rf"^{skip}{prefix}{suffix}\.?:\d+$"
 
 
 def specificity(pattern: HostPattern) -> tuple[int, int]:

@@ -283,6 +283,32 @@ class Policy:
                     seen.setdefault(pattern, None)
         return tuple(seen)
 
+    @functools.cached_property
+    def untouched(self) -> tuple[str, ...]:
+        """Exact names a ``credential = "none"`` route for everyone takes out of a wildcard that is
+        intercepted: no request to them can get a credential, so they are tunnelled untouched.
+
+        A name stays intercepted when some route that adds a credential could still win for it: one
+        naming ``proxy_users`` (a user's route beats any route for everyone), or one naming that
+        exact host (it may come first, or have paths). A wildcard route never beats an exact one.
+        """
+        names: list[str] = []
+        for route in self.routes:
+            if route.credential.injects or route.paths or route.proxy_users:
+                continue
+            for pattern in route.hosts:
+                if pattern.wildcard or pattern.suffix in names:
+                    continue
+                rivals = [r for r in self.routes if r.credential.injects and hosts.matches_any(pattern.suffix, r.hosts)]
+                if rivals and not any(r.proxy_users or pattern in r.hosts for r in rivals):
+                    names.append(pattern.suffix)
+        return tuple(names)
+
+    def intercepts(self, host: str) -> bool:
+        """The proxy opens this host's TLS (some request to it may get a credential)."""
+        host = hosts.normalize_host(host)
+        return hosts.matches_any(host, self.intercepted) and host not in self.untouched
+
     def intercepted_patterns(self) -> list[HostPattern]:
         return list(self.intercepted)
 

@@ -63,7 +63,7 @@ class Rules:
         if not policy.rules and policy.default == "allow":
             return
         host = hosts.normalize_host(flow.request.host)
-        if hosts.matches_any(host, policy.intercepted):
+        if policy.intercepts(host):
             return  # its requests are seen: each one is decided on its own
         call = Call(host=host, method="CONNECT", proxy_user=proxy_user_of(flow), tunnel=True)
         decision = policy.decide(call)

@@ -68,7 +68,7 @@ def mitmproxy_options(settings: Settings, upstream_bundle: Path | None) -> dict[
 def intercepted_hosts(policy: Policy) -> list[str]:
     """mitmproxy's ``allow_hosts`` for this policy: the hosts some route adds a credential for.
     An empty list would mean "intercept everything" to mitmproxy, so no host is a never-matching regex."""
-    return [hosts.allow_hosts_regex(p) for p in policy.intercepted] or [NO_HOST]
+    return [hosts.allow_hosts_regex(p, except_names=policy.untouched) for p in policy.intercepted] or [NO_HOST]
 
 
 NO_HOST = "(?!)"

@@ -184,7 +184,7 @@ def parse_target(method: str, url: str) -> tuple[str, str, str]:
 def explain(policy: Policy, method: str, url: str, user: str | None = None) -> Explanation:
     """Which route and rule decide METHOD URL for ``user``, as the proxy would."""
     method, host, path = parse_target(method, url)
-    intercepted = hosts.matches_any(host, policy.intercepted_patterns())
+    intercepted = policy.intercepts(host)
     if not intercepted and urlsplit(url).scheme == "https":
         call = Call(host=host, method=method, path=path, proxy_user=user, tunnel=True)
         passthrough = policy.route_for(host, path, user)

@@ -371,6 +371,34 @@ def test_intercepted_excludes_routes_without_a_credential():
     assert policy.intercepted_patterns() == list(policy.intercepted)
 
 
+@pytest.mark.parametrize(("routes", "host", "intercepts"), [
+    pytest.param([route("adc", "*.googleapis.com"), route("pub", "public.googleapis.com", credential=NONE)],
+                 "public.googleapis.com", False, id="exact-none-under-a-wildcard-is-untouched"),
+    pytest.param([route("adc", "*.googleapis.com"), route("pub", "public.googleapis.com", credential=NONE)],
+                 "storage.googleapis.com", True, id="the-wildcard-still-intercepts-the-rest"),
+    pytest.param([route("adc", "*.googleapis.com"), route("pub", "public.googleapis.com", credential=NONE)],
+                 "PUBLIC.googleapis.com.", False, id="case-and-trailing-dot"),
+    pytest.param([route("adc", "*.googleapis.com"), route("pub", "public.googleapis.com", credential=NONE),
+                  route("ci", "*.googleapis.com", users=("ci",))],
+                 "public.googleapis.com", True, id="a-user-route-may-still-give-it-a-credential"),
+    pytest.param([route("adc", "*.googleapis.com"), route("pub", "public.googleapis.com", credential=NONE),
+                  route("pub-key", "public.googleapis.com", paths=("/secret",))],
+                 "public.googleapis.com", True, id="an-exact-path-route-may-still-give-it-a-credential"),
+    pytest.param([route("adc", "*.googleapis.com"),
+                  route("pub", "public.googleapis.com", paths=("/open",), credential=NONE)],
+                 "public.googleapis.com", True, id="a-none-path-route-leaves-the-host-intercepted"),
+    pytest.param([route("pub", "public.googleapis.com", credential=NONE)],
+                 "public.googleapis.com", False, id="nothing-intercepts-it-anyway"),
+])
+def test_a_none_route_takes_its_host_out_of_interception(routes, host, intercepts):
+    policy = Policy(routes=tuple(routes))
+    assert policy.intercepts(host) is intercepts
+    # and whenever it is not intercepted, no request to it could have had a credential
+    if not intercepts:
+        assert all(policy.route_for(host, path, user) is None or not policy.route_for(host, path, user).credential.injects
+                   for path in ("/", "/secret", "/open/x") for user in (None, "ci"))
+
+
 @pytest.mark.parametrize("credential, label, injects", [
     (ADC, "adc", True),
     (Credential("impersonate", chain=("a@p.iam.gserviceaccount.com",)), "impersonated", True),
@@ -378,6 +406,7 @@ def test_intercepted_excludes_routes_without_a_credential():
     (Credential("key_file", key_file="/k.json"), "key_file", True),
     (NONE, "none", False),
 ])
+
 def test_credential_labels(credential, label, injects):
     assert credential.label == label
     assert credential.injects is injects

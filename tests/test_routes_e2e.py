@@ -258,3 +258,17 @@ def test_an_id_token_follows_the_same_destination_rule(proxy_factory: ProxyFacto
     assert answer.status_code == 421
     assert fake.run_requests() == []
     assert not fake.issued_id_tokens or all(t not in answer.text for t in fake.issued_id_tokens)
+
+
+def test_a_none_route_tunnels_its_host_untouched(proxy_factory: ProxyFactory, fake: FakeGoogle,
+                                                  tmp_path: Path) -> None:
+    """The client sees Google's own certificate (no interception) and the request carries no token."""
+    config = tmp_path / "policy.toml"
+    config.write_text('[[route]]\nname = "public"\nhosts = ["storage.googleapis.com"]\ncredential = "none"\n')
+    proxy = proxy_factory("--config", str(config))
+    untouched = session_via(proxy, verify=str(fake.google_ca_pem)).get(OBJECT_URL, timeout=20)
+    assert untouched.status_code in (401, 403)  # the fake's own answer to a call without a token
+    assert [r.authorization for r in fake.requests if r.path.startswith("/storage/v1/b/demo-bucket")] == [None]
+    other = session_via(proxy).get("https://compute.googleapis.com/compute/v1/projects/fake-project/zones/"
+                                   "us-central1-a/instances", timeout=20)
+    assert other.status_code == 200  # the rest of *.googleapis.com is still intercepted, with a token
