@@ -111,6 +111,8 @@ class Route:
             return None
         path_rank = 0
         if self.paths:
+            if has_dot_segments(path):
+                return None  # /b/ci-x/../prod/o must not take the ci- route's credential to prod
             matched = [_path_rank(p) for p in self.paths if path_matches(p, path)]
             if not matched:
                 return None

@@ -371,6 +371,16 @@ def test_intercepted_excludes_routes_without_a_credential():
     assert policy.intercepted_patterns() == list(policy.intercepted)
 
 
+@pytest.mark.parametrize("path", ["/storage/v1/b/ci-x/../prod/o", "/storage/v1/b/ci-x/%2e%2e/prod/o",
+                                  "/storage/v1/b/ci-x/./o"])
+def test_a_path_route_never_takes_a_path_with_dot_segments(path):
+    """A front end may collapse them: the prefix a path route checks would not be where the call goes."""
+    policy = Policy(routes=(route("ci", "storage.googleapis.com", paths=("/storage/v1/b/ci-*/**",),
+                                  credential=Credential("key_file", key_file="/k.json")),
+                            route("adc", "*.googleapis.com")))
+    assert policy.route_for("storage.googleapis.com", path).name == "adc"
+    assert policy.route_for("storage.googleapis.com", "/storage/v1/b/ci-x/o").name == "ci"
+
 @pytest.mark.parametrize(("routes", "host", "intercepts"), [
     pytest.param([route("adc", "*.googleapis.com"), route("pub", "public.googleapis.com", credential=NONE)],
                  "public.googleapis.com", False, id="exact-none-under-a-wildcard-is-untouched"),
