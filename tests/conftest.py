@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fakegoogle import FakeGoogle
+from fakegoogle.testing import route_urllib3_to
 from tests.inprocess import InProcessProxy, start_in_process
 from tests.proxyproc import (
     ALL_OUTPUTS,
@@ -46,6 +47,14 @@ def fake_google(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGoogle
         text = output.read_text(errors="replace") if output.exists() else ""
         leaked = [t[:12] for t in tokens if t in text]
         assert not leaked, f"token(s) starting {leaked} appeared in {output}"
+
+
+@pytest.fixture(scope="module")
+def fg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGoogle]:
+    """A fake Google of the test module's own, with urllib3 routed to it (no proxy): for tests of
+    the fake itself and of client libraries against it."""
+    with FakeGoogle(tmp_path_factory.mktemp("fakegoogle")) as fake, route_urllib3_to(fake):
+        yield fake
 
 
 @pytest.fixture

@@ -33,12 +33,6 @@ SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 STORAGE = "https://storage.googleapis.com"
 
 
-@pytest.fixture(scope="module")
-def fg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGoogle]:
-    with FakeGoogle(tmp_path_factory.mktemp("fakegoogle")) as fake, route_urllib3_to(fake):
-        yield fake
-
-
 @pytest.fixture(autouse=True)
 def _reset(fg: FakeGoogle) -> Iterator[None]:
     yield

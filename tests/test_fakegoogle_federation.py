@@ -29,16 +29,9 @@ from fakegoogle.federation import (
     impersonation_url,
 )
 from fakegoogle.sts import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE
-from fakegoogle.testing import route_urllib3_to
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 BUCKET = "https://storage.googleapis.com/storage/v1/b/demo-bucket"
-
-
-@pytest.fixture(scope="module")
-def fg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGoogle]:
-    with FakeGoogle(tmp_path_factory.mktemp("fakegoogle")) as fake, route_urllib3_to(fake):
-        yield fake
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,6 @@ from fakegoogle import FakeGoogle
 from fakegoogle.federation import STS_TOKEN_URL, federated_principal
 from fakegoogle.metadata import SA_EMAIL as METADATA_SA
 from fakegoogle.sts import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE
-from fakegoogle.testing import route_urllib3_to
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 IAM = "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts"
@@ -35,12 +34,6 @@ USER = "user@example.com"  # the fake's gcloud user
 RUN_HOST = "hello-abc123-uc.a.run.app"
 RUN_URL = f"https://{RUN_HOST}"
 IAP_CLIENT = "123456789012-abcdefghijklmnop.apps.googleusercontent.com"
-
-
-@pytest.fixture(scope="module")
-def fg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGoogle]:
-    with FakeGoogle(tmp_path_factory.mktemp("fakegoogle")) as fake, route_urllib3_to(fake):
-        yield fake
 
 
 @pytest.fixture(autouse=True)
