@@ -33,6 +33,9 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
+HANDLER_NAME = "gcp-auth-proxy"  # so a host program (or a test) can find and remove our handler
+
+
 def configure_logging(*, verbose: bool = False, log_file: str | None = None, fmt: str = "text",
                       quiet: bool = False) -> None:
     """Our loggers at INFO (WARNING when ``quiet``), mitmproxy's at WARNING."""
@@ -43,6 +46,7 @@ def configure_logging(*, verbose: bool = False, log_file: str | None = None, fmt
     else:
         handler.setFormatter(logging.Formatter("gcp-auth-proxy: %(message)s"))
     handler.addFilter(_Redacting())
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

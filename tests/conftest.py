@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from fakegoogle import FakeGoogle
 from fakegoogle.testing import route_urllib3_to
+from proxy import logs
 from tests.inprocess import InProcessProxy, start_in_process
 from tests.proxyproc import (
     ALL_OUTPUTS,
@@ -31,6 +33,22 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("GCP_AUTH_PROXY_"):
             monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """A CLI run in this process (``cli.main``) installs the program's log handler on the root
+    logger, writing to the stderr pytest had captured for that test; later tests' background
+    threads would log into that closed stream. Take it away again, and the levels it set."""
+    names = ("addons", "proxy", "mitmproxy")
+    levels = {name: logging.getLogger(name).level for name in ("", *names)}
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == logs.HANDLER_NAME]:
+        root.removeHandler(handler)
+        handler.close()
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="session")
