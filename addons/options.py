@@ -63,7 +63,7 @@ OPTIONS: tuple[Option, ...] = (
            metavar="HOST:PORT", addon=False),
     Option("proxy_auth", "str", "",
            "require proxy authentication (Basic): USER:PASS, or @FILE for an htpasswd file "
-           "(bcrypt or {SHA} entries)", metavar="USER:PASS|@FILE"),
+           "(bcrypt or {SHA} entries)", metavar="USER:PASS|@FILE", commands=PROXY | {"doctor"}),
     Option("confdir", "str", "",
            "holds the proxy CA and the trust bundles",
            metavar="DIR", addon=False, commands=PROXY | {"ca", "doctor"}),
@@ -71,17 +71,17 @@ OPTIONS: tuple[Option, ...] = (
            "hosts that get a token (repeatable). Exact names or *.suffix; matching is on whole DNS "
            "labels, case-insensitive, ignoring a trailing dot: storage.googleapis.com matches, "
            "storage.googleapis.com.evil.test and evilgoogleapis.com do not",
-           metavar="PATTERN"),
+           metavar="PATTERN", commands=PROXY | {"doctor"}),
     Option("impersonate_service_account", "str", "",
            "speak as this service account: SA, or SA1,SA2,...,TARGET with gcloud's meaning (the last "
            "is the target, the ones before it the delegation chain). Tokens come from the IAM "
            "Credentials API, called with the ADC token; applies to --inject-host and --id-token-host",
-           metavar="SA[,SA...]"),
+           metavar="SA[,SA...]", commands=PROXY | {"doctor"}),
     Option("id_token_host", "list", [],
            "hosts that get an ID token instead of an access token (repeatable): Cloud Run "
            "(*.run.app), Cloud Functions, IAP. AUDIENCE defaults to https://HOST; for IAP give the "
            "OAuth client id. A client's own Authorization is kept and the ID token goes in "
-           "X-Serverless-Authorization", metavar="PATTERN[=AUDIENCE]"),
+           "X-Serverless-Authorization", metavar="PATTERN[=AUDIENCE]", commands=PROXY | {"doctor"}),
     Option("default_deny", "bool", False,
            "refuse every call no [[rule]] allows (the config file's default = \"deny\"), and every "
            "CONNECT to a host no route injects for unless a rule allows that host: an egress allowlist",

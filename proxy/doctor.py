@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from proxy import trust
+from proxy.doctor_routes import check_route_credentials
 from proxy.errors import ProxyError
 from proxy.settings import Settings
 
@@ -114,7 +115,8 @@ def _upstream_bundle(settings: Settings, workdir: Path) -> str | None:
 
 
 def check_credentials(settings: Settings, environ: Mapping[str, str], workdir: Path) -> list[Entry]:
-    """ADC as the proxy loads it, one token minted through --resolve/--upstream-ca, the clock."""
+    """ADC as the proxy loads it, one token minted through --resolve/--upstream-ca, the clock, then
+    one token with each other credential the routes name."""
     from addons import token_transport
     from addons.credentials import credential_type, load_credentials, principal
     from addons.resolve import parse_resolve_rules
@@ -172,6 +174,7 @@ def check_credentials(settings: Settings, environ: Mapping[str, str], workdir: P
     if dates.skew is None:
         _probe_date(request, getattr(creds, "_token_uri", None) or DEFAULT_TOKEN_URI)
     entries.append(_clock_entry(dates.skew))
+    entries += check_route_credentials(settings, parse_resolve_rules(settings.resolve), bundle, routing)
     return entries
 
 

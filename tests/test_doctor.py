@@ -162,8 +162,109 @@ def test_doctor_takes_only_its_options_from_the_table():
     parser = cli.build_parser()
     sub = parser._subparsers._group_actions[0].choices["doctor"]  # type: ignore[union-attr]
     dests = {a.dest for a in sub._actions if a.dest != "help"}
-    assert dests == {"config", "confdir", "resolve", "upstream_ca", "scopes", "json"}
+    assert dests == {"config", "confdir", "resolve", "upstream_ca", "scopes", "json", "inject_host",
+                     "impersonate_service_account", "id_token_host", "proxy_auth"}
     assert cli.main(["doctor", "--listen", "127.0.0.1:1"]) == 64
+
+
+# -- the credentials routes name ---------------------------------------------------------------------
+
+TARGET = "doctor-target@fake-project.iam.gserviceaccount.com"
+DELEGATE = "doctor-delegate@fake-project.iam.gserviceaccount.com"
+
+
+def route_entries(output: str) -> dict[str, tuple[str, str]]:
+    """route NAME -> (status, message), from the text screen."""
+    out = {}
+    for line in output.splitlines()[:-1]:
+        status, rest = line.split(None, 1)
+        if rest.startswith("route"):
+            name, message = rest.split("  ", 1)
+            out[name] = (status, message.strip())
+    return out
+
+
+def test_each_route_credential_mints_one_token(shell: pytest.MonkeyPatch, fake: FakeGoogle, sa_key: Path,
+                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    shell.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_key))
+    caller = json.loads(sa_key.read_text())["client_email"]
+    fake.grant_token_creator(caller, DELEGATE)
+    fake.grant_token_creator(DELEGATE, TARGET)
+    other_key = fake.write_service_account_key(tmp_path / "other.json")
+    config = tmp_path / "policy.toml"
+    config.write_text(f"""
+[[route]]
+name = "reports"
+hosts = ["storage.googleapis.com"]
+credential = {{ key_file = "{other_key}" }}
+
+[[route]]
+name = "service"
+hosts = ["*.a.run.app"]
+credential = {{ id_token = {{ audience = "https://service.example" }} }}
+
+[[route]]
+name = "again"
+hosts = ["bigquery.googleapis.com"]
+credential = {{ key_file = "{other_key}" }}
+""")
+    before = (fake.generate_access_token_calls, fake.token_requests_to("oauth2_id_token"))
+    code = cli.main(doctor_args(fake, tmp_path, "--config", str(config),
+                                "--impersonate-service-account", f"{DELEGATE},{TARGET}"))
+    out = capsys.readouterr().out
+    seen = route_entries(out)
+    assert code == 0, out
+    assert seen["routes"][0] == "OK" and "4 route(s), 0 rule(s), default allow" in seen["routes"][1]
+    assert seen["route reports"][0] == "OK" and f"key file {other_key}: minted one" in seen["route reports"][1]
+    assert "route again" not in seen  # the same credential is tried once
+    assert seen["route service"][0] == "OK"
+    assert "ID token for audience https://service.example" in seen["route service"][1]
+    assert seen["route --inject-host *.googleapis.com"] == ("OK", seen["route --inject-host *.googleapis.com"][1])
+    assert f"impersonate {TARGET} via {DELEGATE}: minted one" in seen["route --inject-host *.googleapis.com"][1]
+    assert f"as {TARGET}" in seen["route --inject-host *.googleapis.com"][1]
+    assert (fake.generate_access_token_calls - before[0], fake.token_requests_to("oauth2_id_token") - before[1]) \
+        == (1, 1)
+    assert not any(t in out for t in (*fake.issued_tokens, *fake.issued_id_tokens) if t), "doctor printed a token"
+
+
+def test_a_route_credential_that_cannot_mint_fails(shell: pytest.MonkeyPatch, fake: FakeGoogle, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]):
+    shell.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(fake.write_authorized_user(tmp_path / "user.json")))
+    fake.add_service_account(TARGET)  # exists, but nobody may impersonate it
+    code = cli.main(doctor_args(fake, tmp_path, "--id-token-host", "*.a.run.app",
+                                "--impersonate-service-account", TARGET))
+    out = capsys.readouterr().out
+    seen = route_entries(out)
+    assert code == 1, out
+    failed = seen["route --inject-host *.googleapis.com"]
+    assert failed[0] == "FAIL" and "iam.serviceAccounts.getAccessToken" in failed[1] and TARGET in failed[1]
+    assert "roles/iam.serviceAccountTokenCreator" in failed[1]
+    id_token = seen["route --id-token-host *.a.run.app"]
+    assert id_token[0] == "FAIL" and "https://example.a.run.app" in id_token[1]
+    assert "iam.serviceAccounts.getOpenIdToken" in id_token[1]
+    assert "Traceback" not in out
+
+
+def test_gcloud_user_asked_for_id_tokens_is_told_to_impersonate(shell: pytest.MonkeyPatch, fake: FakeGoogle,
+                                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    shell.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(fake.write_authorized_user(tmp_path / "user.json")))
+    code = cli.main(doctor_args(fake, tmp_path, "--id-token-host", "hello.a.run.app"))
+    seen = route_entries(capsys.readouterr().out)
+    assert code == 1
+    status, message = seen["route --id-token-host hello.a.run.app"]
+    assert status == "FAIL" and "https://hello.a.run.app" in message and "--impersonate-service-account" in message
+
+
+def test_a_broken_policy_is_a_usage_error(shell: pytest.MonkeyPatch, fake: FakeGoogle, sa_key: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]):
+    shell.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa_key))
+    config = tmp_path / "policy.toml"
+    config.write_text('[[rule]]\nname = "x"\nactoin = "deny"\n')
+    code = cli.main(doctor_args(fake, tmp_path, "--config", str(config)))
+    captured = capsys.readouterr()
+    assert code == 64 and not captured.out  # as serve would: one sentence, before any check
+    assert f"{config}:3" in captured.err and "did you mean action?" in captured.err
+    assert "Traceback" not in captured.err
 
 
 # -- pieces -----------------------------------------------------------------------------------------------
