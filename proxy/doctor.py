@@ -20,12 +20,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from proxy import trust
+from proxy.doctor_entry import Entry, fail, ok, warn
 from proxy.doctor_routes import check_route_credentials
 from proxy.errors import ProxyError
 from proxy.settings import Settings
@@ -46,26 +47,6 @@ TRUST_VARIABLES = {
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "grpc_proxy")
 _SET_UP_SHELL = 'eval "$(gcp-auth-proxy env)", or run the client with `gcp-auth-proxy run -- CMD`'
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\s+(.+?)\s+-----END CERTIFICATE-----", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class Entry:
-    status: str  # OK, WARN or FAIL
-    check: str
-    message: str
-    fix: str | None = None
-
-
-def ok(check: str, message: str) -> Entry:
-    return Entry("OK", check, message)
-
-
-def warn(check: str, message: str, fix: str) -> Entry:
-    return Entry("WARN", check, message, fix)
-
-
-def fail(check: str, message: str, fix: str) -> Entry:
-    return Entry("FAIL", check, message, fix)
 
 
 # -- credentials, token, clock ---------------------------------------------------------------------------

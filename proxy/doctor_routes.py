@@ -17,6 +17,7 @@ from addons.hosts import HostPattern
 from addons.policy_model import Credential, Route
 from addons.resolve import ResolveRule
 from addons.token_cache import TokenError
+from proxy.doctor_entry import Entry, fail, ok
 
 # An ID-token route over a wildcard with the default audience mints per host; doctor tries this
 # label in its place (an ID token grant is for any audience the credential may name).
@@ -47,14 +48,12 @@ def credentials_to_try(routes: Sequence[Route]) -> list[tuple[Route, Credential,
 
 
 def check_route_credentials(settings: Any, resolve_rules: Sequence[ResolveRule], ca_bundle: str | None,
-                            routing: Any) -> list[Any]:
+                            routing: Any) -> list[Entry]:
     """One entry for the policy, then one per credential tried (OK with its principal, or FAIL
     with the sentence the proxy would answer a client with)."""
     from addons.policy_file import PolicyError
     from addons.routing import policy_from_options
     from addons.token_sources import TokenSources
-    from proxy.doctor import fail, ok
-
     try:
         policy = policy_from_options(settings)
     except PolicyError as e:
@@ -76,9 +75,7 @@ def check_route_credentials(settings: Any, resolve_rules: Sequence[ResolveRule],
     return entries
 
 
-def _try(sources: Any, route: Route, credential: Credential, host: str) -> Any:
-    from proxy.doctor import fail, ok
-
+def _try(sources: Any, route: Route, credential: Credential, host: str) -> Entry:
     check = f"route {route.name}"
     what = credential.describe().replace("https://HOST", f"https://{host}")
     source = sources.source_for(credential, host)
