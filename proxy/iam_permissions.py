@@ -5,14 +5,15 @@ share them). Taken from Google's documentation of each method's permission:
 
 - Cloud Storage: "IAM permissions for JSON methods"
   (https://cloud.google.com/storage/docs/access-control/iam-json);
-- Compute Engine: the "IAM permissions" section of each method in the API reference
+- Compute Engine: the "IAM Permissions" section of each method in the API reference
   (https://cloud.google.com/compute/docs/reference/rest/v1);
-- BigQuery: "BigQuery IAM roles and permissions" and each method's reference page
-  (https://cloud.google.com/bigquery/docs/access-control).
+- BigQuery: the "IAM Permissions" section of each method in the API reference
+  (https://cloud.google.com/bigquery/docs/reference/rest/v2).
+The groups below say more precisely where each comes from.
 
-``also``: permissions needed only in some cases (the note says when); a role drafted from this
-table lists them apart. A method missing here is reported as unknown, never guessed: add it
-with its source rather than deriving a name from the method's.
+``also``: permissions needed only in some cases, or instead of one above in some cases (the note
+says when); a role drafted from this table lists them apart. A method missing here is reported
+as unknown, never guessed: add it with its source rather than deriving a name from the method's.
 """
 
 from __future__ import annotations
@@ -78,18 +79,22 @@ STORAGE: dict[str, Needs] = {
     "storage.projects.hmacKeys.update": _n("storage.hmacKeys.update"),
 }
 
+# Compute Engine: the "IAM Permissions" block of each method's reference page
+# (https://cloud.google.com/compute/docs/reference/rest/v1), as crawled into
+# https://github.com/iann0036/iam-dataset (gcp/map.json, "restcrawliamblockv1"); the VM-creation extras
+# from "Create a VM that uses a user-managed service account", Required permissions
+# (https://cloud.google.com/compute/docs/access/create-enable-service-accounts-for-instances).
 _CREATE_VM = ("compute.disks.create", "compute.subnetworks.use", "compute.subnetworks.useExternalIp",
               "compute.instances.setMetadata", "compute.instances.setTags", "compute.instances.setLabels",
               "compute.instances.setServiceAccount", "iam.serviceAccounts.actAs")
+_LISTED_TOO = "listed with it in the method's IAM Permissions"
 
 COMPUTE: dict[str, Needs] = {
     "compute.instances.aggregatedList": _n("compute.instances.list"),
-    "compute.instances.attachDisk": _n("compute.instances.attachDisk", also=("compute.disks.use",),
-                                       note="use on the disk attached"),
+    "compute.instances.attachDisk": _n("compute.instances.attachDisk"),
     "compute.instances.delete": _n("compute.instances.delete"),
     "compute.instances.detachDisk": _n("compute.instances.detachDisk"),
     "compute.instances.get": _n("compute.instances.get"),
-    "compute.instances.getSerialPortOutput": _n("compute.instances.getSerialPortOutput"),
     "compute.instances.insert": _n("compute.instances.create", also=_CREATE_VM,
                                    note="the others as the request asks: new disks, a subnetwork, an external "
                                         "IP, metadata, tags, labels, a service account"),
@@ -99,8 +104,7 @@ COMPUTE: dict[str, Needs] = {
     "compute.instances.setLabels": _n("compute.instances.setLabels"),
     "compute.instances.setMachineType": _n("compute.instances.setMachineType"),
     "compute.instances.setMetadata": _n("compute.instances.setMetadata"),
-    "compute.instances.setServiceAccount": _n("compute.instances.setServiceAccount",
-                                              also=("iam.serviceAccounts.actAs",), note="actAs on the account"),
+    "compute.instances.setServiceAccount": _n("compute.instances.setServiceAccount"),
     "compute.instances.setTags": _n("compute.instances.setTags"),
     "compute.instances.start": _n("compute.instances.start"),
     "compute.instances.stop": _n("compute.instances.stop"),
@@ -109,8 +113,7 @@ COMPUTE: dict[str, Needs] = {
     "compute.disks.createSnapshot": _n("compute.disks.createSnapshot", "compute.snapshots.create"),
     "compute.disks.delete": _n("compute.disks.delete"),
     "compute.disks.get": _n("compute.disks.get"),
-    "compute.disks.insert": _n("compute.disks.create", also=("compute.images.useReadOnly",),
-                               note="useReadOnly on the source image"),
+    "compute.disks.insert": _n("compute.disks.create"),
     "compute.disks.list": _n("compute.disks.list"),
     "compute.disks.resize": _n("compute.disks.resize"),
     "compute.disks.setLabels": _n("compute.disks.setLabels"),
@@ -122,7 +125,6 @@ COMPUTE: dict[str, Needs] = {
     "compute.machineTypes.list": _n("compute.machineTypes.list"),
     "compute.machineTypes.aggregatedList": _n("compute.machineTypes.list"),
     "compute.images.get": _n("compute.images.get"),
-    "compute.images.getFromFamily": _n("compute.images.getFromFamily"),
     "compute.images.list": _n("compute.images.list"),
     "compute.snapshots.delete": _n("compute.snapshots.delete"),
     "compute.snapshots.get": _n("compute.snapshots.get"),
@@ -133,19 +135,22 @@ COMPUTE: dict[str, Needs] = {
     "compute.networks.list": _n("compute.networks.list"),
     "compute.subnetworks.delete": _n("compute.subnetworks.delete"),
     "compute.subnetworks.get": _n("compute.subnetworks.get"),
-    "compute.subnetworks.insert": _n("compute.subnetworks.create", also=("compute.networks.updatePolicy",),
-                                     note="updatePolicy on the network"),
+    "compute.subnetworks.insert": _n("compute.subnetworks.create"),
     "compute.subnetworks.list": _n("compute.subnetworks.list"),
     "compute.firewalls.delete": _n("compute.firewalls.delete", "compute.networks.updatePolicy"),
     "compute.firewalls.get": _n("compute.firewalls.get"),
-    "compute.firewalls.insert": _n("compute.firewalls.create", "compute.networks.updatePolicy"),
+    "compute.firewalls.insert": _n("compute.firewalls.create"),
     "compute.firewalls.list": _n("compute.firewalls.list"),
-    "compute.addresses.delete": _n("compute.addresses.delete"),
+    "compute.addresses.delete": _n("compute.addresses.delete", also=("compute.addresses.deleteInternal",),
+                                   note=_LISTED_TOO),
     "compute.addresses.get": _n("compute.addresses.get"),
-    "compute.addresses.insert": _n("compute.addresses.create"),
+    "compute.addresses.insert": _n("compute.addresses.create",
+                                   also=("compute.addresses.createInternal", "compute.instances.update"),
+                                   note=_LISTED_TOO),
     "compute.addresses.list": _n("compute.addresses.list"),
     "compute.projects.get": _n("compute.projects.get"),
-    "compute.projects.setCommonInstanceMetadata": _n("compute.projects.setCommonInstanceMetadata"),
+    "compute.projects.setCommonInstanceMetadata": _n("compute.projects.setCommonInstanceMetadata",
+                                                     "iam.serviceAccounts.actAs"),
     "compute.zoneOperations.delete": _n("compute.zoneOperations.delete"),
     "compute.zoneOperations.get": _n("compute.zoneOperations.get"),
     "compute.zoneOperations.list": _n("compute.zoneOperations.list"),
@@ -161,30 +166,43 @@ COMPUTE: dict[str, Needs] = {
     "compute.globalOperations.wait": _n("compute.globalOperations.get"),
 }
 
+# BigQuery: the "IAM Permissions" section of each method's reference page
+# (https://cloud.google.com/bigquery/docs/reference/rest/v2), except: datasets.update from "Update dataset
+# properties" (https://cloud.google.com/bigquery/docs/updating-datasets); tables.delete on datasets.delete
+# from "Manage datasets" (https://cloud.google.com/bigquery/docs/managing-datasets); setIamPolicy on
+# datasets.patch/update from the updateMode parameter (UPDATE_FULL, the default, needs it).
+_CREATOR = "jobs.create on the project instead when the caller created the job"
+_DATASET_ACL = "setIamPolicy with updateMode UPDATE_FULL (the default) or UPDATE_ACL"
+
 BIGQUERY: dict[str, Needs] = {
     "bigquery.datasets.delete": _n("bigquery.datasets.delete",
                                    also=("bigquery.tables.delete",), note="tables.delete with deleteContents"),
     "bigquery.datasets.get": _n("bigquery.datasets.get"),
     "bigquery.datasets.insert": _n("bigquery.datasets.create"),
-    "bigquery.datasets.patch": _n("bigquery.datasets.update"),
-    "bigquery.datasets.update": _n("bigquery.datasets.update"),
-    "bigquery.jobs.cancel": _n("bigquery.jobs.update"),
-    "bigquery.jobs.delete": _n("bigquery.jobs.delete"),
-    "bigquery.jobs.get": _n("bigquery.jobs.get"),
-    "bigquery.jobs.getQueryResults": _n("bigquery.jobs.get"),
+    "bigquery.datasets.patch": _n("bigquery.datasets.update", "bigquery.datasets.get",
+                                  also=("bigquery.datasets.setIamPolicy",), note=_DATASET_ACL),
+    "bigquery.datasets.update": _n("bigquery.datasets.update",
+                                   also=("bigquery.datasets.setIamPolicy",), note=_DATASET_ACL),
+    "bigquery.jobs.cancel": _n("bigquery.jobs.update", also=("bigquery.jobs.create",), note=_CREATOR),
+    "bigquery.jobs.get": _n("bigquery.jobs.get", also=("bigquery.jobs.create",), note=_CREATOR),
+    "bigquery.jobs.getQueryResults": _n("bigquery.jobs.get", "bigquery.tables.getData",
+                                        also=("bigquery.jobs.create",),
+                                        note=_CREATOR + "; getData on the destination table"),
     "bigquery.jobs.insert": _n("bigquery.jobs.create",
-                               also=("bigquery.tables.getData", "bigquery.tables.create", "bigquery.tables.updateData"),
-                               note="the data permissions on the tables the job reads and writes"),
-    "bigquery.jobs.list": _n("bigquery.jobs.list", also=("bigquery.jobs.listAll",), note="listAll with allUsers"),
+                               also=("bigquery.tables.getData", "bigquery.tables.export"),
+                               note="data permissions by job type: getData on what a query reads, export for "
+                                    "extract jobs; load, copy and DDL jobs need others"),
+    "bigquery.jobs.list": _n(also=("bigquery.jobs.list", "bigquery.jobs.listAll"),
+                             note="none for one's own jobs; list (redacted) or listAll to see other users' jobs"),
     "bigquery.jobs.query": _n("bigquery.jobs.create", also=("bigquery.tables.getData",),
                               note="getData on the tables the query reads"),
-    "bigquery.tabledata.insertAll": _n("bigquery.tables.updateData"),
+    "bigquery.tabledata.insertAll": _n("bigquery.tables.updateData", "bigquery.tables.get", "bigquery.datasets.get"),
     "bigquery.tabledata.list": _n("bigquery.tables.getData"),
     "bigquery.tables.delete": _n("bigquery.tables.delete"),
     "bigquery.tables.get": _n("bigquery.tables.get"),
     "bigquery.tables.insert": _n("bigquery.tables.create"),
     "bigquery.tables.list": _n("bigquery.tables.list"),
-    "bigquery.tables.patch": _n("bigquery.tables.update"),
+    "bigquery.tables.patch": _n("bigquery.tables.update", "bigquery.tables.get"),
     "bigquery.tables.update": _n("bigquery.tables.update"),
 }
 
