@@ -533,7 +533,7 @@ class AuditLog:
             503,
             "gcp-auth-proxy stopped passing requests to Google because its audit log cannot be "
             f"written ({self.broken}).",
-            "auditLogUnavailable",
+            "auditLogUnavailable", request=flow.request,
         )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -564,7 +564,7 @@ class AuditLog:
                 503,
                 "gcp-auth-proxy could not record this request in its audit log "
                 f"({self.broken}); the response was withheld.",
-                "auditLogUnavailable",
+                "auditLogUnavailable", request=flow.request,
             )
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -143,7 +143,7 @@ class GoogleAuth:
             logger.warning("refused a misdirected request for %s: %s", host, destination.reason)
             flow.response = error_response(
                 421, f"gcp-auth-proxy adds credentials only when the request, its TLS server name and "
-                f"its CONNECT target all name the same host: {destination.reason}.", "misdirectedRequest",
+                f"its CONNECT target all name the same host: {destination.reason}.", "misdirectedRequest", request=flow.request,
             )
             return
         if ctx.options.ssl_insecure:
@@ -171,7 +171,7 @@ class GoogleAuth:
                 meta["auth"] = "denied"
                 flow.response = error_response(
                     403, "This proxy adds credentials itself; requests must not carry an Authorization header.",
-                    "clientAuthorizationRejected",
+                    "clientAuthorizationRejected", request=flow.request,
                 )
                 return
             else:
@@ -187,7 +187,7 @@ class GoogleAuth:
             what = "an ID token" if id_token else "a Google access token"
             flow.response = error_response(
                 403 if e.reason in _REFUSALS else 502,
-                f"gcp-auth-proxy could not get {what} for this request: {e}", e.reason,
+                f"gcp-auth-proxy could not get {what} for this request: {e}", e.reason, request=flow.request,
             )
             return
         if not flow.live:

@@ -264,7 +264,7 @@ class Limits:
         status = 504 if "timed out" in reason else 502
         flow.response = error_response(
             status, f"gcp-auth-proxy could not connect to {flow.request.pretty_host}: {reason}",
-            "upstreamTimeout" if status == 504 else "upstreamUnreachable")
+            "upstreamTimeout" if status == 504 else "upstreamUnreachable", request=flow.request)
 
     def _cancel_read_timer(self, flow_id: str) -> None:
         handle = self._read_timers.pop(flow_id, None)

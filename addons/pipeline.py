@@ -86,5 +86,5 @@ def _failed(name: str, handler: Callable[..., Any], args: tuple[Any, ...], error
         flow.metadata.setdefault("gauth", {}).update(auth="failed", error=f"internal error in {owner}")
         flow.response = error_response(
             502, "gcp-auth-proxy failed internally while checking this request; nothing was sent.",
-            "proxyInternalError",
+            "proxyInternalError", request=flow.request,
         )

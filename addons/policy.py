@@ -86,7 +86,7 @@ class Policy:
     @staticmethod
     def _deny(flow: http.HTTPFlow, reason: str) -> None:
         flow.metadata.setdefault("gauth", {})["auth"] = "denied"
-        flow.response = error_response(403, reason, "forbiddenByProxyPolicy")
+        flow.response = error_response(403, reason, "forbiddenByProxyPolicy", request=flow.request)
 
 
 async def _reaches_metadata(host: str, port: int) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import quote
 
 from mitmproxy import http
 
@@ -23,7 +22,6 @@ from addons.routing import Routing
 
 logger = logging.getLogger(__name__)
 
-GRPC_PERMISSION_DENIED = 7
 REASON = "forbiddenByProxyPolicy"
 
 
@@ -92,19 +90,7 @@ class Rules:
         if decision.allowed:
             return
         meta.update(auth="denied", host=call.host, error=decision.reason)
-        flow.response = denial_response(request, denial_message(call, decision))
-
-
-def denial_response(request: http.Request, message: str) -> http.Response:
-    """A Google-style JSON 403, or for a gRPC call a trailers-only PERMISSION_DENIED its client reads."""
-    if request.headers.get("content-type", "").lower().startswith("application/grpc"):
-        response = http.Response.make(200, b"", {
-            "content-type": "application/grpc",
-            "grpc-status": str(GRPC_PERMISSION_DENIED),
-            "grpc-message": quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"),
-        })
-        return response
-    return error_response(403, message, REASON)
+        flow.response = error_response(403, denial_message(call, decision), REASON, request=request)
 
 
 addons = [Rules()]

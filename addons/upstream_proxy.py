@@ -667,7 +667,7 @@ class UpstreamProxy:
         status = 504 if failure.timeout else 502
         flow.response = error_response(
             status, f"gcp-auth-proxy could not reach {flow.request.pretty_host}: {failure}",
-            "upstreamProxyTimeout" if failure.timeout else "upstreamProxyError")
+            "upstreamProxyTimeout" if failure.timeout else "upstreamProxyError", request=flow.request)
 
 
 addons = [UpstreamProxy()]

@@ -317,8 +317,10 @@ def test_no_token_to_be_had_fails_the_call_and_nothing_goes_upstream(proxy_facto
                  lambda ch: list(ch.stream_stream(ECHO + "Bidi")(iter([b"x"]), timeout=WAIT))):
         with pytest.raises(grpc.RpcError) as caught:
             call(via_proxy(pp, channels))
-        # The proxy's JSON 502 reaches a gRPC client as UNAVAILABLE (retryable); its text does not.
+        # A trailers-only UNAVAILABLE (retryable, as the 502 it stands for), with the proxy's sentence.
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "could not get a Google access token" in caught.value.details()
+        assert "invalid_grant" in caught.value.details()
     assert calls_seen(fake) == []
     unary, bidi = wait_for_records(audit_path, 2)
     assert unary["auth"] == bidi["auth"] == "failed" and "invalid_grant" in unary["error"]
