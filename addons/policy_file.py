@@ -21,7 +21,7 @@ from addons.policy_model import ADC, Action, Credential, Policy, Route, Rule, co
 
 POLICY_KEYS = ("route", "rule", "default")
 _ROUTE_KEYS = {"name", "hosts", "paths", "proxy_users", "credential"}
-_RULE_KEYS = {"name", "action", "hosts", "methods", "api_methods", "resources", "proxy_users"}
+_RULE_KEYS = {"name", "action", "hosts", "ports", "methods", "api_methods", "resources", "proxy_users"}
 _HTTP_METHOD = re.compile(r"^[A-Z][A-Z-]*$")
 # tomllib ends its messages with the position; we lead with it instead, as compilers do.
 _POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
@@ -178,7 +178,16 @@ def _rule(entry: Mapping[str, Any], index: int, where: _Locator) -> Rule:
         resources=tuple(resources),
         proxy_users=frozenset(_strings(entry, "proxy_users", "rule", index, where)),
         origin=where.table("rule", index),
+        ports=_ports(entry, name, index, where),
     )
+
+
+def _ports(entry: Mapping[str, Any], rule: str, index: int, where: _Locator) -> frozenset[int]:
+    value = entry.get("ports", [])
+    if not isinstance(value, list) or not all(type(p) is int and 1 <= p <= 65535 for p in value):
+        raise PolicyError(f"{where.key('rule', index, 'ports')}: rule {rule!r}: ports must be a list of "
+                          f"port numbers (1-65535), e.g. ports = [443], got {value!r}")
+    return frozenset(value)
 
 
 def _no_unknown(entry: Mapping[str, Any], known: set[str], table: str, index: int, where: _Locator) -> None:
@@ -375,6 +384,8 @@ def _rule_covers(earlier: Rule, later: Rule) -> bool:
                                                   for h in later.hosts)):
         return False
     if earlier.methods and not (later.methods and later.methods <= earlier.methods):
+        return False
+    if earlier.ports and not (later.ports and later.ports <= earlier.ports):
         return False
     if earlier.proxy_users and not (later.proxy_users and later.proxy_users <= earlier.proxy_users):
         return False

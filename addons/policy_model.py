@@ -130,6 +130,7 @@ class Rule:
     resources: tuple[str, ...] = ()
     proxy_users: frozenset[str] = frozenset()
     origin: str = ""
+    ports: frozenset[int] = frozenset()  # empty: any port
 
     @property
     def needs_request(self) -> bool:
@@ -142,6 +143,8 @@ class Rule:
         if self.proxy_users and call.proxy_user not in self.proxy_users:
             return False
         if self.hosts and not hosts.matches_any(call.host, self.hosts):
+            return False
+        if self.ports and call.port not in self.ports:
             return False
         if call.tunnel:
             return not self.needs_request
@@ -159,7 +162,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Call:
-    """What a rule looks at. ``tunnel``: a CONNECT the proxy will not look inside."""
+    """What a rule looks at. ``tunnel``: a CONNECT the proxy will not look inside. ``port``: the
+    destination's (the CONNECT target's, or the request URL's)."""
 
     host: str
     method: str = ""
@@ -168,6 +172,7 @@ class Call:
     resource: str | None = None
     proxy_user: str | None = None
     tunnel: bool = False
+    port: int = 443
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,8 @@ class Policy:
         at most one regex match, not a walk over the rules. A reloaded policy is a new object
         with an empty index.
         """
-        key = (call.host, call.method, call.api_method, call.proxy_user, call.tunnel, call.resource is None)
+        key = (call.host, call.port, call.method, call.api_method, call.proxy_user, call.tunnel,
+               call.resource is None)
         index = self._index
         candidates = index.get(key)
         if candidates is None:
@@ -419,9 +425,9 @@ def recognise(host: str, method: str, path: str, content_type: str = "") -> ApiC
 
 
 def request_call(host: str, method: str, path: str, content_type: str = "",
-                 proxy_user: str | None = None, api: ApiCall | None = None) -> Call:
+                 proxy_user: str | None = None, api: ApiCall | None = None, port: int = 443) -> Call:
     """The Call a seen request makes (``api``: its recognition, if already done)."""
     if api is None:
         api = recognise(host, method, path, content_type)
     return Call(host=hosts.normalize_host(host), method=method.upper(), path=path,
-                api_method=api.api_method, resource=api.resource, proxy_user=proxy_user)
+                api_method=api.api_method, resource=api.resource, proxy_user=proxy_user, port=port)

@@ -29,9 +29,10 @@ def denial_message(call: Call, decision: Decision) -> str:
     """What the client reads (gcloud and gsutil print it): the call, and the rule that refused it."""
     what = "a tunnel" if call.tunnel else (call.api_method or f"{call.method} {call.path.partition('?')[0]}")
     on = f" on {call.resource}" if call.resource and not call.tunnel else ""
+    at = call.host if call.port in (80, 443) and not call.tunnel else f"{call.host}:{call.port}"
     if decision.rule is not None:
-        return f"gcp-auth-proxy policy: rule {decision.rule.name!r} denies {what}{on} at {call.host}."
-    return (f"gcp-auth-proxy policy: no rule allows {what}{on} at {call.host}, and the default is deny "
+        return f"gcp-auth-proxy policy: rule {decision.rule.name!r} denies {what}{on} at {at}."
+    return (f"gcp-auth-proxy policy: no rule allows {what}{on} at {at}, and the default is deny "
             "(see `gcp-auth-proxy policy explain`).")
 
 
@@ -63,7 +64,8 @@ class Rules:
         host = hosts.normalize_host(flow.request.host)
         if policy.intercepts(host):
             return  # its requests are seen: each one is decided on its own
-        call = Call(host=host, method="CONNECT", proxy_user=proxy_user_of(flow), tunnel=True)
+        call = Call(host=host, method="CONNECT", proxy_user=proxy_user_of(flow), tunnel=True,
+                    port=flow.request.port)
         decision = policy.decide(call)
         if decision.allowed:
             return
@@ -82,7 +84,8 @@ class Rules:
         host = destination.host if destination is not None else flow.request.host
         request = flow.request
         api = recognise(host, request.method, request.path, request.headers.get("content-type", ""))
-        call = request_call(host, request.method, request.path, proxy_user=proxy_user_of(flow), api=api)
+        call = request_call(host, request.method, request.path, proxy_user=proxy_user_of(flow), api=api,
+                            port=request.port)
         decision = policy.decide(call)
         meta = flow.metadata.setdefault("gauth", {})
         meta["rule"] = decision.rule_name

@@ -120,6 +120,8 @@ def _criteria(rule: Rule) -> str:
         parts.append(f"proxy user is {_either(sorted(rule.proxy_users))}")
     if rule.hosts:
         parts.append(f"host is {_either([str(h) for h in rule.hosts])}")
+    if rule.ports:
+        parts.append(f"port is {_either([str(p) for p in sorted(rule.ports)])}")
     if rule.methods:
         parts.append(f"HTTP method is {_either(sorted(rule.methods))}")
     if rule.api_methods:
@@ -184,9 +186,11 @@ def parse_target(method: str, url: str) -> tuple[str, str, str]:
 def explain(policy: Policy, method: str, url: str, user: str | None = None) -> Explanation:
     """Which route and rule decide METHOD URL for ``user``, as the proxy would."""
     method, host, path = parse_target(method, url)
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     intercepted = policy.intercepts(host)
-    if not intercepted and urlsplit(url).scheme == "https":
-        call = Call(host=host, method=method, path=path, proxy_user=user, tunnel=True)
+    if not intercepted and parts.scheme == "https":
+        call = Call(host=host, method=method, path=path, proxy_user=user, tunnel=True, port=port)
         passthrough = policy.route_for(host, path, user)
         why = (f"route {passthrough.name} ({passthrough.origin or 'flag'}) adds no credential"
                if passthrough else "no route adds a credential for this host")
@@ -194,7 +198,7 @@ def explain(policy: Policy, method: str, url: str, user: str | None = None) -> E
                            f"{why}, so the proxy does not open its TLS: it is tunnelled untouched", (),
                            policy.decide(call))
     api = recognise(host, method, path)  # plain http:// is seen (and decided) request by request too
-    call = request_call(host, method, path, proxy_user=user, api=api)
+    call = request_call(host, method, path, proxy_user=user, api=api, port=port)
     service = api.service
     matching = [(r.match_rank(host, path, user), i, r) for i, r in enumerate(policy.routes)]
     ranked = sorted(((rank, -i, r) for rank, i, r in matching if rank is not None), key=lambda t: t[:2],

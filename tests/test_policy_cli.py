@@ -50,6 +50,7 @@ resources = ["projects/_/buckets/logs-*/objects/**"]
 name = "pypi"
 action = "allow"
 hosts = ["pypi.org"]
+ports = [443]
 """
 
 SA = "reader@p.iam.gserviceaccount.com"
@@ -94,6 +95,7 @@ def test_check_prints_routes_in_evaluation_order_rules_default_and_warnings(caps
     assert f"({config}:3)" in out  # the route's origin, FILE:LINE
     assert out.index("1. read-logs: allow") < out.index("2. read-logs-twice") < out.index("3. pypi: allow")
     assert "resource matches projects/_/buckets/logs-*/objects/**" in out
+    assert "when host is pypi.org and port is 443" in out
     assert "default: deny" in out
     warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "'read-logs-twice' can never match" in warnings[0]
@@ -183,6 +185,8 @@ def test_explain_a_tunnelled_host_evaluates_the_tunnel(capsys, config, htpasswd)
     assert code == ExitStatus.OK
     assert "tunnelled untouched" in out
     assert "decision: allow: rule 'pypi'" in out
+    code, out, _ = explain(capsys, config, htpasswd, "GET", "https://pypi.org:8443/simple/")
+    assert "decision: deny: no rule allows this tunnel: the default is deny" in out  # the rule names 443 only
     code, out, _ = explain(capsys, config, htpasswd, "GET", "https://evil.example/")
     assert "tunnelled untouched" in out
     assert "decision: deny: no rule allows this tunnel: the default is deny" in out

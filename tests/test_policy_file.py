@@ -196,6 +196,12 @@ BAD = [
     pytest.param('[[rule]]\nname = "r"\n', 1, ["rule 'r'", "action must be", "None"], id="missing-action"),
     pytest.param('[[rule]]\naction = "allow"\n', 1, ["every rule needs a name"], id="missing-name"),
     pytest.param(RULE + 'methods = ["GET", "G3T"]\n', 4, ["rule 'r'", "'G3T' is not an HTTP method"], id="bad-method"),
+    pytest.param(RULE + 'ports = ["443"]\n', 4, ["rule 'r'", "ports must be a list of port numbers", "['443']"],
+                 id="port-as-string"),
+    pytest.param(RULE + 'ports = [0, 70000]\n', 4, ["rule 'r'", "(1-65535)"], id="port-out-of-range"),
+    pytest.param(RULE + 'ports = 443\n', 4, ["rule 'r'", "e.g. ports = [443]"], id="ports-not-a-list"),
+    pytest.param(RULE + 'ports = [true]\n', 4, ["rule 'r'", "ports must be"], id="port-bool"),
+    pytest.param(RULE + 'port = [443]\n', 4, ["unknown key port", "did you mean ports?"], id="typo-ports"),
     pytest.param(RULE + 'resources = ["/storage/v1/b/logs/o/**"]\n', 4,
                  ["rule 'r'", "resource '/storage/v1/b/logs/o/**' looks like a path"], id="resource-is-a-path"),
     pytest.param(RULE + 'resources = ["gs://logs/**"]\n', 4, ["resource 'gs://logs/**' looks like a path"],
@@ -358,6 +364,11 @@ def test_known_users_pass_and_unlistable_users_are_not_checked(tmp_path):
                  '[[rule]]\nname = "del"\naction = "allow"\nmethods = ["DELETE"]\n', [], id="other-methods"),
     pytest.param('[[rule]]\nname = "one"\naction = "allow"\nresources = ["*"]\n\n'
                  '[[rule]]\nname = "deep"\naction = "deny"\nresources = ["**"]\n', [], id="star-does-not-cover-globstar"),
+    pytest.param('[[rule]]\nname = "any-port"\naction = "allow"\nhosts = ["pypi.org"]\n\n'
+                 '[[rule]]\nname = "ssh"\naction = "deny"\nhosts = ["pypi.org"]\nports = [22]\n',
+                 [(6, "rule 'ssh' can never match: rule 'any-port'")], id="any-port-covers-a-port"),
+    pytest.param('[[rule]]\nname = "https"\naction = "allow"\nhosts = ["pypi.org"]\nports = [443]\n\n'
+                 '[[rule]]\nname = "rest"\naction = "deny"\nhosts = ["pypi.org"]\n', [], id="a-port-then-any-port"),
     pytest.param('[[rule]]\nname = "alice"\naction = "allow"\nproxy_users = ["alice"]\n\n'
                  '[[rule]]\nname = "everyone"\naction = "deny"\n', [], id="user-rule-then-everyone"),
     pytest.param('[[route]]\nname = "first"\nhosts = ["storage.googleapis.com"]\n\n'

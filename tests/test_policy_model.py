@@ -33,9 +33,10 @@ def route(name: str, *host_patterns: str, paths: tuple[str, ...] = (), users: tu
 
 
 def rule(name: str, action: str = "allow", *, hosts: tuple[str, ...] = (), methods: tuple[str, ...] = (),
-         api_methods: tuple[str, ...] = (), resources: tuple[str, ...] = (), users: tuple[str, ...] = ()) -> Rule:
+         api_methods: tuple[str, ...] = (), resources: tuple[str, ...] = (), users: tuple[str, ...] = (),
+         ports: tuple[int, ...] = ()) -> Rule:
     return Rule(name, action, tuple(parse_host_pattern(h) for h in hosts), frozenset(methods),  # type: ignore[arg-type]
-                tuple(api_methods), tuple(resources), frozenset(users), origin=f"test:{name}")
+                tuple(api_methods), tuple(resources), frozenset(users), origin=f"test:{name}", ports=frozenset(ports))
 
 
 # -- route specificity ---------------------------------------------------------------------------------
@@ -218,6 +219,9 @@ LIST_VMS = Call("compute.googleapis.com", "GET", "/compute/v1/projects/p/zones/z
 UNKNOWN = Call("storage.googleapis.com", "GET", "/storage/v1/whatever")
 TUNNEL = Call("example.com", tunnel=True)
 TUNNEL_GOOGLE = Call("storage.googleapis.com", tunnel=True)
+TUNNEL_SSH = Call("example.com", tunnel=True, port=22)
+GET_LOGS_8443 = Call("storage.googleapis.com", "GET", "/storage/v1/b/logs-1/o/a", "storage.objects.get",
+                     "projects/_/buckets/logs-1/objects/a", port=8443)
 EXAMPLE = Call("example.com", "GET", "/")
 
 # rules, default, call, expected (action, rule name)
@@ -262,6 +266,17 @@ DECISIONS = [
                  id="tunnel-vs-resource-deny"),
     pytest.param([rule("egress", hosts=("example.com",))], "deny", EXAMPLE, ("allow", "egress"),
                  id="seen-request-host-rule"),
+    # ports: a rule naming ports matches only those; one without, any
+    pytest.param([rule("https", hosts=("example.com",), ports=(443,))], "deny", TUNNEL, ("allow", "https"),
+                 id="tunnel-port-listed"),
+    pytest.param([rule("https", hosts=("example.com",), ports=(443,))], "deny", TUNNEL_SSH, ("deny", None),
+                 id="tunnel-port-not-listed"),
+    pytest.param([rule("egress", hosts=("example.com",))], "deny", TUNNEL_SSH, ("allow", "egress"),
+                 id="tunnel-any-port-without-ports"),
+    pytest.param([rule("odd", "deny", ports=(8443,)), rule("all")], "deny", GET_LOGS, ("allow", "all"),
+                 id="seen-request-port-miss"),
+    pytest.param([rule("odd", "deny", ports=(8443,)), rule("all")], "deny", GET_LOGS_8443, ("deny", "odd"),
+                 id="seen-request-port-match"),
 ]
 
 
@@ -473,10 +488,12 @@ call_st = st.builds(
     resource=st.sampled_from([None, "projects/_/buckets/logs-1/objects/a", "projects/p/zones/z/instances"]),
     proxy_user=user_st,
     tunnel=st.booleans(),
+    port=st.sampled_from([443, 80, 22]),
 )
 rule_st = st.builds(
-    lambda i, action, hs, ms, ams, rs, us: rule(f"r{i}", action, hosts=tuple(hs), methods=tuple(ms),
-                                               api_methods=tuple(ams), resources=tuple(rs), users=tuple(us)),
+    lambda i, action, hs, ms, ams, rs, us, ps: rule(f"r{i}", action, hosts=tuple(hs), methods=tuple(ms),
+                                                   api_methods=tuple(ams), resources=tuple(rs), users=tuple(us),
+                                                   ports=tuple(ps)),
     st.integers(0, 10**6),
     st.sampled_from(["allow", "deny"]),
     st.lists(pattern_st, max_size=2),
@@ -484,6 +501,7 @@ rule_st = st.builds(
     st.lists(st.sampled_from(["storage.*", "compute.instances.*", "*"]), max_size=1),
     st.lists(st.sampled_from([LOGS, "projects/*/zones/*/instances", "**"]), max_size=1),
     st.lists(st.sampled_from(["alice", "bob"]), max_size=1),
+    st.lists(st.sampled_from([443, 22]), max_size=2),
 )
 
 

@@ -17,6 +17,7 @@ from tests.conftest import ProxyFactory
 from tests.proxyproc import ROOT, base_env
 from tests.test_clients_run import gcloud_env, needs
 from tests.test_proxy_e2e import session_via
+from tests.test_security_e2e import raw_exchange
 from tests.wraphelp import run_wrapped
 
 OBJECT_URL = "https://storage.googleapis.com/storage/v1/b/demo-bucket/o/hello.txt"
@@ -132,7 +133,8 @@ resources = ["projects/_/buckets/demo-bucket", "projects/_/buckets/demo-bucket/o
     assert [(r["host"], r["auth"], r["status"], r["rule"]) for r in refused] == [("www.example.test", "denied", 403, None)]
 
 
-def test_a_host_rule_opens_the_tunnel(proxy_factory: ProxyFactory, fake: FakeGoogle, tmp_path: Path) -> None:
+def test_a_host_rule_opens_the_tunnel_on_its_ports_only(proxy_factory: ProxyFactory, fake: FakeGoogle,
+                                                         tmp_path: Path) -> None:
     config = write(tmp_path, """
 default = "deny"
 
@@ -140,11 +142,21 @@ default = "deny"
 name = "example-egress"
 action = "allow"
 hosts = ["www.example.test"]
+ports = [443]
 """)
-    proxy = proxy_factory("--config", str(config))
+    audit = tmp_path / "audit.jsonl"
+    proxy = proxy_factory("--config", str(config), "--audit-log", str(audit))
     answer = session_via(proxy, verify=str(fake.other_ca_pem)).get("https://www.example.test/", timeout=20)
     assert answer.status_code < 500
-    assert [r for r in fake.requests if r.server == "other"]
+    reached = len([r for r in fake.requests if r.server == "other"])
+    assert reached
+    # The same host on another port (an SSH tunnel, say) is not what the rule allows.
+    refused = raw_exchange(proxy, b"CONNECT www.example.test:22 HTTP/1.1\r\nHost: www.example.test:22\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 403"), refused[:200]
+    assert b"no rule allows a tunnel at www.example.test:22" in refused
+    assert len([r for r in fake.requests if r.server == "other"]) == reached
+    [record] = [r for r in audit_records(audit) if r["method"] == "CONNECT"]
+    assert (record["host"], record["auth"], record["status"]) == ("www.example.test", "denied", 403)
 
 
 def test_rules_per_proxy_user(proxy_factory: ProxyFactory, fake: FakeGoogle, tmp_path: Path) -> None:
