@@ -253,7 +253,11 @@ class _Locator:
         for i in range(start, end):
             if pattern.match(self.lines[i]):
                 return f"{self.path}:{i + 1}"
-        return self.table(table, index) if table is not None else self.path
+        if table is None:  # a top-level key written as a table: [route] instead of [[route]]
+            header = re.compile(rf"^\s*\[\s*{re.escape(key)}\s*\]")
+            return next((f"{self.path}:{i + 1}" for i, line in enumerate(self.lines) if header.match(line)),
+                        self.path)
+        return self.table(table, index)
 
 
 # -- building ----------------------------------------------------------------------------------------

@@ -196,6 +196,8 @@ BAD = [
     pytest.param('[[rule]]\nname = "r"\n', 1, ["rule 'r'", "action must be", "None"], id="missing-action"),
     pytest.param('[[rule]]\naction = "allow"\n', 1, ["every rule needs a name"], id="missing-name"),
     pytest.param(RULE + 'methods = ["GET", "G3T"]\n', 4, ["rule 'r'", "'G3T' is not an HTTP method"], id="bad-method"),
+    pytest.param('default = "deny"\n\n[route]\nhosts = ["a.com"]\n', 3, ["key route: write each one as a [[route]] table"],
+                 id="single-table-route"),
     pytest.param(RULE + 'ports = ["443"]\n', 4, ["rule 'r'", "ports must be a list of port numbers", "['443']"],
                  id="port-as-string"),
     pytest.param(RULE + 'ports = [0, 70000]\n', 4, ["rule 'r'", "(1-65535)"], id="port-out-of-range"),
