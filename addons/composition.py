@@ -98,16 +98,17 @@ def build(*, observability: bool = True, proxyserver: Any = None) -> Components:
     audit_log = AuditLog()
     same_user = SameUser(proxyserver=proxyserver)  # its gate also guards the admin endpoints
     metrics = Metrics(tokens=tokens, audit=audit_log, gate=same_user.gate) if observability else None
+    upstream_proxy = UpstreamProxy(sources)  # every credential's token fetches take the same route
     return Components(
         same_user=same_user,
         destinations=Destinations(),
-        limits=Limits(proxyserver=proxyserver),
+        limits=Limits(proxyserver=proxyserver, carriers=upstream_proxy.carriers),
         proxy_auth=ProxyAuth(),
         routing=routing,
         policy=Policy(),
         rules=Rules(routing),
         resolve=Resolve(),
-        upstream_proxy=UpstreamProxy(sources),  # every credential's token fetches take the same route
+        upstream_proxy=upstream_proxy,
         metadata_guard=MetadataGuard(),
         placeholder=PlaceholderAuth(),
         tokens=tokens,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +86,14 @@ class _CountingReader:
 
 
 class Limits:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, proxyserver: Any = None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, proxyserver: Any = None,
+                 carriers: Mapping[connection.Server, connection.Server] | None = None) -> None:
         # mitmproxy's Proxyserver addon, whose connection handlers we wrap; the program passes it
         # (addons/composition.py); loaded alone with -s it is found when the proxy runs.
         self.proxyserver = proxyserver
+        # --upstream-proxy: the connection to the upstream proxy that carries a tunnelled one
+        # (UpstreamProxy.carriers); a tunnelled connection has no transport of its own.
+        self.carriers: Mapping[connection.Server, connection.Server] = carriers if carriers is not None else {}
         self.conns: dict[connection.Client, ConnState] = {}
         defaults = options.BY_NAME
         self.max_connections: int = defaults["max_connections"].default
@@ -242,7 +246,8 @@ class Limits:
         if flow.response is not None or not flow.live:
             return
         handler = self._handler_for(flow.client_conn)
-        io = handler.transports.get(flow.server_conn) if handler is not None else None
+        server = self.carriers.get(flow.server_conn, flow.server_conn)
+        io = handler.transports.get(server) if handler is not None else None
         if io is None or io.handler is None:
             return
         host = flow.request.pretty_host

@@ -46,7 +46,9 @@ connections and never reuse this one. ``server_connected``/``server_connect_erro
 for a direct connection. The layer asks the ``http_connect_upstream`` hook before sending
 CONNECT; this component adds ``Proxy-Authorization`` there (as mitmproxy's ``upstream_auth``).
 The tunnelled connection has no ``peername`` (its peer is the upstream proxy), so a 401 is passed
-to the client rather than replayed over a direct connection (``addons/replay.py``).
+to the client rather than replayed over a direct connection (``addons/replay.py``). Nor has it a
+transport: ``carriers`` maps it to the connection to the upstream proxy that carries it, which
+is what the read timeout (``addons/limits.py``) closes.
 """
 
 from __future__ import annotations
@@ -491,6 +493,7 @@ class _Tunnels(layer.Layer):
         tunnel.target = (inner.address[0], inner.address[1])
         tunnel.carrier = connection.Server(address=tunnel.proxy.address)
         self.by_carrier[tunnel.carrier] = tunnel
+        self.owner.carriers[inner] = tunnel.carrier
         tunnel.state = "dialing"
         yield from self._ask(commands.OpenConnection(tunnel.carrier), tunnel, "dial")
 
@@ -604,6 +607,10 @@ class UpstreamProxy:
         self.tunnel_names: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
         # Why a routed connection failed, for the CONNECT error page.
         self.failures: MutableMapping[connection.Server, UpstreamProxyError] = weakref.WeakKeyDictionary()
+        # A tunnelled connection -> our connection to the upstream proxy that carries it: only the
+        # carrier has a transport, so whoever must close a tunnelled connection (the read
+        # timeout in addons/limits.py) closes its carrier.
+        self.carriers: MutableMapping[connection.Server, connection.Server] = weakref.WeakKeyDictionary()
 
     def load(self, loader: Any) -> None:
         options.declare(loader, "upstream_proxy", "upstream_proxy_auth", "upstream_proxy_bypass")

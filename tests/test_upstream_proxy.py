@@ -424,6 +424,21 @@ def test_an_upstream_proxy_that_is_down_is_named(proxy_factory: ProxyFactory, fa
     assert code == 502 and f"the upstream proxy {host}:{port} could not be reached" in error["message"]
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_read_timeout_cuts_a_tunnelled_connection_too(proxy_factory: ProxyFactory, fake: FakeGoogle,
+                                                      upstream: ConnectProxy, http2: bool) -> None:
+    from tests.streaming_clients import WAIT_URL, httpx_client
+
+    pp = proxy_factory("--upstream-proxy", upstream_url(fake), "--read-timeout", "1")
+    pp.wait_for_line("token available")
+    with httpx_client(pp, http2=http2) as client:
+        r = client.post(WAIT_URL + "?timeout=30s")  # the fake answers after 30 s; the proxy gives up after 1
+    assert r.status_code == 504 and r.headers["content-type"].startswith("application/json"), r.text
+    error = r.json()["error"]
+    assert error["status"] == "DEADLINE_EXCEEDED" and "no answer within 1 s" in error["message"]
+    assert authority(fake.googleapis_addr) in [a.authority for a in upstream.asked if a.relayed]
+
+
 def test_bypass_is_decided_on_the_connect_target_for_every_connection_of_a_tunnel() -> None:
     # Inside an intercepted tunnel mitmproxy names a reconnection by the address --resolve chose;
     # the tunnel's name decides, so a bypassed host never switches to the upstream proxy midway.
