@@ -94,15 +94,15 @@ def build(*, observability: bool = True, proxyserver: Any = None) -> Components:
     tokens = TokenSource(label="adc")  # ADC: what /readyz and /metrics report on
     sources = TokenSources(tokens)  # plus one per other credential a route names, made on first use
     routing = Routing()
-    google_auth = GoogleAuth(sources, routing)
+    upstream_proxy = UpstreamProxy(sources)  # every credential's token fetches take the same route
+    google_auth = GoogleAuth(sources, routing, carried=upstream_proxy.carried)
     audit_log = AuditLog()
     same_user = SameUser(proxyserver=proxyserver)  # its gate also guards the admin endpoints
     metrics = Metrics(tokens=tokens, audit=audit_log, gate=same_user.gate) if observability else None
-    upstream_proxy = UpstreamProxy(sources)  # every credential's token fetches take the same route
     return Components(
         same_user=same_user,
         destinations=Destinations(),
-        limits=Limits(proxyserver=proxyserver, carriers=upstream_proxy.carriers),
+        limits=Limits(proxyserver=proxyserver, carried=upstream_proxy.carried),
         proxy_auth=ProxyAuth(),
         routing=routing,
         policy=Policy(),

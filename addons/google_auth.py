@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
 
 from addons import google_api, hosts, options, redact
 from addons.destination import Destinations, destination_of
 from addons.errors import error_response
 from addons.proxy_auth import proxy_user_of
-from addons.replay import REPLAY_MAX_BODY, ReplayTarget, TooLarge, replay, replay_headers
+from addons.replay import REPLAY_MAX_BODY, ReplayTarget, TooLarge, Tunnel, replay, replay_headers
 from addons.resolve import parse_resolve_rules
 from addons.routing import Routing
 from addons.streaming import REPLAY_PENDING
 from addons.token_cache import Token, TokenCache, TokenError
 from addons.token_source import TokenSource
 from addons.token_sources import TokenSources
+
+if TYPE_CHECKING:
+    from addons.upstream_proxy import Carried
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,11 @@ class GoogleAuth:
     composition root; made here when loaded alone (``mitmdump -s``).
     """
 
-    def __init__(self, source: TokenSource | TokenSources | None = None, routing: Routing | None = None) -> None:
+    def __init__(self, source: TokenSource | TokenSources | None = None, routing: Routing | None = None,
+                 carried: Mapping[connection.Server, Carried] | None = None) -> None:
+        # --upstream-proxy: how each tunnelled connection went (UpstreamProxy.carried), so a 401
+        # replay can take the same way.
+        self.carried: Mapping[connection.Server, Carried] = carried if carried is not None else {}
         if isinstance(source, TokenSources):
             self.sources = source
         else:
@@ -288,15 +296,19 @@ class GoogleAuth:
             and not answers_with_a_stream(flow.request)
         )
 
-    @staticmethod
-    def _replay_target(flow: http.HTTPFlow) -> ReplayTarget | None:
-        """The validated destination and the exact peer the first attempt reached, or None."""
+    def _replay_target(self, flow: http.HTTPFlow) -> ReplayTarget | None:
+        """The validated destination and the exact peer the first attempt reached (through the
+        upstream proxy: the proxy's address and the same CONNECT target), or None."""
         destination = destination_of(flow)
         peer = flow.server_conn.peername
+        tunnel = None
+        carried = self.carried.get(flow.server_conn)
+        if carried is not None:
+            peer, tunnel = carried.carrier.peername, Tunnel(carried.proxy, carried.target)
         if destination is None or not destination.tokenable or peer is None or not flow.server_conn.tls:
             return None
         port = 443 if destination.plain else destination.port  # plain http:// went upstream over TLS
-        return ReplayTarget(destination.host, port, (str(peer[0]), int(peer[1])))
+        return ReplayTarget(destination.host, port, (str(peer[0]), int(peer[1])), tunnel)
 
 
 def answers_with_a_stream(request: http.Request) -> bool:

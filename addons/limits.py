@@ -19,13 +19,16 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection, ctx, http, tls
 from mitmproxy.proxy import layer, layers
 
 from addons import http1_patch, options
 from addons.errors import error_body, error_response
+
+if TYPE_CHECKING:
+    from addons.upstream_proxy import Carried
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +90,13 @@ class _CountingReader:
 
 class Limits:
     def __init__(self, clock: Callable[[], float] = time.monotonic, proxyserver: Any = None,
-                 carriers: Mapping[connection.Server, connection.Server] | None = None) -> None:
+                 carried: Mapping[connection.Server, Carried] | None = None) -> None:
         # mitmproxy's Proxyserver addon, whose connection handlers we wrap; the program passes it
         # (addons/composition.py); loaded alone with -s it is found when the proxy runs.
         self.proxyserver = proxyserver
-        # --upstream-proxy: the connection to the upstream proxy that carries a tunnelled one
-        # (UpstreamProxy.carriers); a tunnelled connection has no transport of its own.
-        self.carriers: Mapping[connection.Server, connection.Server] = carriers if carriers is not None else {}
+        # --upstream-proxy: how a tunnelled connection is carried (UpstreamProxy.carried); it has
+        # no transport of its own, the connection to the upstream proxy has.
+        self.carried: Mapping[connection.Server, Carried] = carried if carried is not None else {}
         self.conns: dict[connection.Client, ConnState] = {}
         defaults = options.BY_NAME
         self.max_connections: int = defaults["max_connections"].default
@@ -246,7 +249,8 @@ class Limits:
         if flow.response is not None or not flow.live:
             return
         handler = self._handler_for(flow.client_conn)
-        server = self.carriers.get(flow.server_conn, flow.server_conn)
+        carried = self.carried.get(flow.server_conn)
+        server = carried.carrier if carried is not None else flow.server_conn
         io = handler.transports.get(server) if handler is not None else None
         if io is None or io.handler is None:
             return

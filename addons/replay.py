@@ -2,9 +2,10 @@
 
 The first attempt already passed every check (destination, policy, metadata guard, upstream TLS
 verification), so the retry goes to that connection's address and name and nowhere else: the
-URL is never rebuilt from the request, and nothing is resolved again. Both directions are
-bounded; a larger answer is not buffered (the client gets the 401, and the next request the
-refreshed token).
+URL is never rebuilt from the request, and nothing is resolved again. Through ``--upstream-proxy``
+it goes the same way as the first attempt: to the address the upstream proxy was reached at,
+with a CONNECT for the same target. Both directions are bounded; a larger answer is not buffered
+(the client gets the 401, and the next request the refreshed token).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any, NamedTuple
 import certifi
 from urllib3.connection import HTTPSConnection
 
+from addons.token_transport import open_tunnel
+from addons.upstream_proxy import ProxySpec
+
 REPLAY_MAX_BODY = 64 * 1024  # request bodies up to this size are held so they can be replayed
 REPLAY_MAX_RESPONSE = 1024 * 1024  # a replayed answer beyond this is given up, not buffered
 _HOP_BY_HOP = frozenset({
@@ -24,10 +28,18 @@ _HOP_BY_HOP = frozenset({
 })
 
 
+class Tunnel(NamedTuple):
+    """The first attempt's way through ``--upstream-proxy``: the proxy and the CONNECT target."""
+
+    proxy: ProxySpec
+    target: tuple[str, int]
+
+
 class ReplayTarget(NamedTuple):
     name: str  # TLS server name, certificate check and Host
     port: int
-    peer: tuple[str, int]  # the address the first attempt connected to
+    peer: tuple[str, int]  # the address the first attempt connected to (the upstream proxy's, with a tunnel)
+    tunnel: Tunnel | None = None
 
 
 class Replayed(NamedTuple):
@@ -41,13 +53,17 @@ class TooLarge(Exception):
 
 
 class _PinnedConnection(HTTPSConnection):
-    """Connects to a fixed address while TLS and Host use the name."""
+    """Connects to a fixed address (or through a CONNECT tunnel from it) while TLS and Host use the name."""
 
-    def __init__(self, peer: tuple[str, int], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, peer: tuple[str, int], tunnel: Tunnel | None, *args: Any, **kwargs: Any) -> None:
         self._peer = peer
+        self._through = tunnel
         super().__init__(*args, **kwargs)
 
     def _new_conn(self) -> socket.socket:
+        if self._through is not None:
+            return open_tunnel(self._through.proxy, self._through.target, self.timeout,  # type: ignore[arg-type]
+                               dial=self._peer)
         return socket.create_connection(self._peer, timeout=self.timeout)  # type: ignore[arg-type]
 
 
@@ -83,7 +99,7 @@ def replay(
     if not path.startswith("/") or len(body) > REPLAY_MAX_BODY:
         raise ValueError("not a replayable request")
     conn = _PinnedConnection(
-        target.peer, target.name, target.port, timeout=connect_timeout,
+        target.peer, target.tunnel, target.name, target.port, timeout=connect_timeout,
         cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle or certifi.where(),
     )
     try:

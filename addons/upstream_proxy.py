@@ -45,10 +45,10 @@ sees the connection again: it would otherwise stack its own upstream-proxy layer
 connections and never reuse this one. ``server_connected``/``server_connect_error`` follow as
 for a direct connection. The layer asks the ``http_connect_upstream`` hook before sending
 CONNECT; this component adds ``Proxy-Authorization`` there (as mitmproxy's ``upstream_auth``).
-The tunnelled connection has no ``peername`` (its peer is the upstream proxy), so a 401 is passed
-to the client rather than replayed over a direct connection (``addons/replay.py``). Nor has it a
-transport: ``carriers`` maps it to the connection to the upstream proxy that carries it, which
-is what the read timeout (``addons/limits.py``) closes.
+The tunnelled connection has no ``peername`` and no transport (its peer is the upstream proxy):
+``carried`` maps it to the connection to the upstream proxy that carries it and the CONNECT
+target, which the read timeout (``addons/limits.py``) closes and the 401 replay
+(``addons/replay.py``) takes again.
 """
 
 from __future__ import annotations
@@ -133,6 +133,15 @@ class Routing(NamedTuple):
         if _is_loopback(name) or any(hosts.matches_host(name, p) for p in self.bypass):
             return None
         return self.proxy
+
+
+class Carried(NamedTuple):
+    """How a tunnelled connection goes: ``carrier``, our connection to the upstream proxy (the
+    only one with a transport), ``proxy`` and the CONNECT ``target`` it asked for."""
+
+    carrier: connection.Server
+    proxy: ProxySpec
+    target: Address
 
 
 class UpstreamProxyError(Exception):
@@ -493,7 +502,7 @@ class _Tunnels(layer.Layer):
         tunnel.target = (inner.address[0], inner.address[1])
         tunnel.carrier = connection.Server(address=tunnel.proxy.address)
         self.by_carrier[tunnel.carrier] = tunnel
-        self.owner.carriers[inner] = tunnel.carrier
+        self.owner.carried[inner] = Carried(tunnel.carrier, tunnel.proxy, tunnel.target)
         tunnel.state = "dialing"
         yield from self._ask(commands.OpenConnection(tunnel.carrier), tunnel, "dial")
 
@@ -607,10 +616,9 @@ class UpstreamProxy:
         self.tunnel_names: MutableMapping[connection.Client, str] = weakref.WeakKeyDictionary()
         # Why a routed connection failed, for the CONNECT error page.
         self.failures: MutableMapping[connection.Server, UpstreamProxyError] = weakref.WeakKeyDictionary()
-        # A tunnelled connection -> our connection to the upstream proxy that carries it: only the
-        # carrier has a transport, so whoever must close a tunnelled connection (the read
-        # timeout in addons/limits.py) closes its carrier.
-        self.carriers: MutableMapping[connection.Server, connection.Server] = weakref.WeakKeyDictionary()
+        # A tunnelled connection -> how it is carried: the read timeout (addons/limits.py) closes
+        # the carrier, the 401 replay (addons/replay.py) goes the same way again.
+        self.carried: MutableMapping[connection.Server, Carried] = weakref.WeakKeyDictionary()
 
     def load(self, loader: Any) -> None:
         options.declare(loader, "upstream_proxy", "upstream_proxy_auth", "upstream_proxy_bypass")

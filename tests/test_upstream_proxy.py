@@ -424,6 +424,27 @@ def test_an_upstream_proxy_that_is_down_is_named(proxy_factory: ProxyFactory, fa
     assert code == 502 and f"the upstream proxy {host}:{port} could not be reached" in error["message"]
 
 
+def test_a_401_is_replayed_through_the_upstream_proxy_with_a_fresh_token(
+        proxy_factory: ProxyFactory, fake: FakeGoogle, upstream: ConnectProxy) -> None:
+    pp = proxy_factory("--upstream-proxy", upstream_url(fake, f"alice:{PASSWORD}@"))
+    pp.wait_for_line("token available")
+    with session_via(pp, pp.ca_cert) as s:
+        assert s.get("https://storage.googleapis.com" + OBJECT_PATH, timeout=20).status_code == 200
+        fake.revoke_all()
+        fetched, connects = fake.token_fetches, len(upstream.asked)
+        r = s.get("https://storage.googleapis.com" + OBJECT_PATH, timeout=20)
+    assert r.status_code == 200, r.text  # the 401 never reached the client
+    assert fake.token_fetches - fetched == 1
+    google = authority(fake.googleapis_addr)
+    # The replay opened its own tunnel to Google, with the upstream proxy's credentials (the token
+    # fetch may reuse its pooled one).
+    added = upstream.asked[connects:]
+    assert added and all(a.authority == google and a.relayed and a.proxy_authorization for a in added)
+    api = [q for q in fake.requests if q.path.startswith("/storage/v1/b/demo-bucket")]
+    assert [q.token_valid for q in api] == [True, False, True]
+    assert "retry after 401 failed" not in pp.text()
+
+
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
 def test_read_timeout_cuts_a_tunnelled_connection_too(proxy_factory: ProxyFactory, fake: FakeGoogle,
                                                       upstream: ConnectProxy, http2: bool) -> None:
