@@ -256,6 +256,60 @@ def _rest(prefix: str, method: str, tail: list[str], resource: str, call: ApiCal
 _OPERATIONS = {"zones": "zoneOperations", "regions": "regionOperations", "global": "globalOperations"}
 _COLLECTION_CUSTOM = frozenset({"bulkInsert"})
 
+# Compute Engine methods the generic reading above would misname (the path's last segment is not the
+# method's name, a custom method is sent with PATCH, PATCH on a member is ``update``, a literal
+# segment stands where a member name would), from Google's v1 reference index of every method's HTTP
+# verb and path: https://cloud.google.com/compute/docs/reference/rest/v1
+# Key: (shape, collection as the path spells it, HTTP method, segment); value: the method's name.
+#   "collection"  .../COLLECTION[/SEGMENT]      ("" = the collection itself)
+#   "member"      .../COLLECTION/NAME[/SEGMENT] ("" = the member itself)
+#   "named"       .../COLLECTION/SEGMENT/NAME   (images/family/FAMILY)
+#   "unscoped"    projects/P/COLLECTION/NAME/SEGMENT, no global/ though the resource is global
+#   "aggregated"  projects/P/aggregated/COLLECTION/SEGMENT
+# A dict lookup, so a call costs the same however long the table grows.
+_COMPUTE_ALIASES: dict[tuple[str, str, str, str], str] = {
+    ("member", "instances", "GET", "serialPort"): "getSerialPortOutput",
+    ("member", "instances", "GET", "screenshot"): "getScreenshot",
+    ("member", "instances", "GET", "referrers"): "listReferrers",
+    ("member", "instances", "PATCH", "setShieldedInstanceIntegrityPolicy"): "setShieldedInstanceIntegrityPolicy",
+    ("member", "instances", "PATCH", "updateDisplayDevice"): "updateDisplayDevice",
+    ("member", "instances", "PATCH", "updateNetworkInterface"): "updateNetworkInterface",
+    ("member", "instances", "PATCH", "updateShieldedInstanceConfig"): "updateShieldedInstanceConfig",
+    ("member", "networks", "PATCH", "updatePeering"): "updatePeering",
+    # These have no "patch": PATCH on the member is their "update".
+    ("member", "disks", "PATCH", ""): "update",  # disks, regionDisks
+    ("member", "commitments", "PATCH", ""): "update",  # regionCommitments
+    ("member", "reservations", "PATCH", ""): "update",
+    ("member", "storagePools", "PATCH", ""): "update",
+    ("named", "images", "GET", "family"): "getFromFamily",
+    # Singletons and collections updated in place (autoscalers name theirs in ?autoscaler=).
+    ("collection", "autoscalers", "PATCH", ""): "patch",  # autoscalers, regionAutoscalers
+    ("collection", "autoscalers", "PUT", ""): "update",
+    ("collection", "instanceSettings", "GET", ""): "get",
+    ("collection", "instanceSettings", "PATCH", ""): "patch",
+    ("collection", "snapshotSettings", "GET", ""): "get",
+    ("collection", "snapshotSettings", "PATCH", ""): "patch",
+    # Custom methods on a collection: without these the verb would be read as a member's name.
+    ("collection", "disks", "POST", "stopGroupAsyncReplication"): "stopGroupAsyncReplication",
+    ("collection", "backendServices", "GET", "listUsable"): "listUsable",
+    ("collection", "firewallPolicies", "GET", "getEffectiveFirewalls"): "getEffectiveFirewalls",
+    ("collection", "securityPolicies", "GET", "listPreconfiguredExpressionSets"): "listPreconfiguredExpressionSets",
+    ("collection", "sslPolicies", "GET", "listAvailableFeatures"): "listAvailableFeatures",
+    ("unscoped", "targetHttpProxies", "POST", "setUrlMap"): "setUrlMap",
+    ("unscoped", "targetHttpsProxies", "POST", "setSslCertificates"): "setSslCertificates",
+    ("unscoped", "targetHttpsProxies", "POST", "setUrlMap"): "setUrlMap",
+    ("aggregated", "subnetworks", "GET", "listUsable"): "listUsable",
+}
+# The query parameter naming the member when a "collection" alias acts on one.
+_COMPUTE_QUERY_MEMBER = {"autoscalers": "autoscaler"}
+# Collections nested under a member, and the resource Google names their methods by.
+_COMPUTE_NESTED = {("instanceGroupManagers", "resizeRequests"): "instanceGroupManagerResizeRequests"}
+
+
+def _compute_alias(call: ApiCall, collection: str, alias: str, resource: str) -> ApiCall:
+    """The call named by a ``_COMPUTE_ALIASES`` entry: Google's name for it, not one read off the path."""
+    return call._replace(api_method=f"compute.{collection}.{alias}", resource=resource)
+
 
 def _compute(method: str, segments: list[str], params: dict[str, str]) -> ApiCall:
     """/compute/{v1,beta,alpha}/projects/P/[zones/Z/|regions/R/|global/|aggregated/]COLLECTION/..."""
@@ -269,6 +323,10 @@ def _compute(method: str, segments: list[str], params: dict[str, str]) -> ApiCal
     if rest[0] == "aggregated" and len(rest) == 2 and method == "GET":
         collection = "globalOperations" if rest[1] == "operations" else rest[1]
         return call._replace(api_method=f"compute.{collection}.aggregatedList", resource=base)
+    if rest[0] == "aggregated" and len(rest) == 3:
+        alias = _COMPUTE_ALIASES.get(("aggregated", rest[1], method, rest[2]))
+        if alias:
+            return _compute_alias(call, rest[1], alias, base)
     if rest[0] in ("zones", "regions") and len(rest) <= 2:
         return _rest(f"compute.{rest[0]}", method, rest[1:], "/".join([base, *rest]), call)
     if rest[0] in ("zones", "regions"):
@@ -279,21 +337,47 @@ def _compute(method: str, segments: list[str], params: dict[str, str]) -> ApiCal
         # Project-level custom methods: projects/P/setCommonInstanceMetadata, .../getXpnHost.
         if len(rest) == 1 and method in ("GET", "POST"):
             return call._replace(api_method=f"compute.projects.{rest[0]}", resource=base)
+        if len(rest) == 3:
+            alias = _COMPUTE_ALIASES.get(("unscoped", rest[0], method, rest[2]))
+            if alias:  # the same global resource its other methods name
+                return _compute_alias(call, rest[0], alias, "/".join([base, "global", rest[0], rest[1]]))
         return call._replace(resource=base)
     if not rest:
         return call
     collection = _OPERATIONS[scope] if rest[0] == "operations" else rest[0]
     tail = rest[1:]
+    collection_path = "/".join([base, *scope_path, rest[0]])
+    if len(tail) <= 1:
+        alias = _COMPUTE_ALIASES.get(("collection", rest[0], method, tail[0] if tail else ""))
+        if alias:
+            name = params.get(_COMPUTE_QUERY_MEMBER.get(rest[0], ""), "") if not tail else ""
+            return _compute_alias(call, collection, alias, f"{collection_path}/{name}" if name else collection_path)
     if len(tail) == 1 and tail[0] in _COLLECTION_CUSTOM and method == "POST":
-        return call._replace(api_method=f"compute.{collection}.{tail[0]}",
-                             resource="/".join([base, *scope_path, rest[0]]))
+        return call._replace(api_method=f"compute.{collection}.{tail[0]}", resource=collection_path)
+    if 1 <= len(tail) <= 2:
+        alias = _COMPUTE_ALIASES.get(("member", rest[0], method, tail[1] if len(tail) == 2 else ""))
+        if alias:
+            return _compute_alias(call, collection, alias, f"{collection_path}/{tail[0]}")
+        # Family names are RFC 1035 (lower case); a camelCase segment is a verb on an image named "family".
+        alias = _COMPUTE_ALIASES.get(("named", rest[0], method, tail[0])) if len(tail) == 2 else None
+        if alias and tail[1].islower():
+            return _compute_alias(call, collection, alias, "/".join([collection_path, *tail]))
+    nested = _COMPUTE_NESTED.get((rest[0], tail[1])) if len(tail) >= 2 else None
+    if nested:
+        return _rest(f"compute.{nested}", method, tail[2:], "/".join([collection_path, *tail[:3]]), call)
     member = tail[:1]
-    resource = "/".join([base, *scope_path, rest[0], *member])
+    resource = "/".join([collection_path, *member])
     return _rest(f"compute.{collection}", method, tail, resource, call)
 
 
+# BigQuery methods the generic reading misnames, from the v2 reference
+# (https://cloud.google.com/bigquery/docs/reference/rest/v2): (collection, HTTP method, segment after
+# the member) -> method. jobs.delete is ``DELETE projects/{projectId}/jobs/{jobId}/delete``.
+_BIGQUERY_ALIASES: dict[tuple[str, str, str], str] = {("jobs", "DELETE", "delete"): "delete"}
+
+
 def _bigquery(method: str, segments: list[str], params: dict[str, str]) -> ApiCall:
-    """/bigquery/v2/projects/P/{datasets[/D[/tables[/T[/data|/insertAll]]]],jobs[/J[/cancel]],queries[/J]}."""
+    """/bigquery/v2/projects/P/{datasets[/D[/tables[/T[/data|/insertAll]]]],jobs[/J[/cancel|/delete]],queries[/J]}."""
     call = ApiCall("bigquery")
     if segments[:1] == ["upload"]:
         segments = segments[1:]
@@ -313,6 +397,9 @@ def _bigquery(method: str, segments: list[str], params: dict[str, str]) -> ApiCa
             return call._replace(api_method="bigquery.jobs.getQueryResults", resource=f"{base}/jobs/{rest[1]}")
         return call._replace(resource=base)
     if rest[0] == "jobs":
+        alias = _BIGQUERY_ALIASES.get(("jobs", method, rest[2])) if len(rest) == 3 else None
+        if alias:
+            return call._replace(api_method=f"bigquery.jobs.{alias}", resource="/".join([base, *rest[:2]]))
         return _rest("bigquery.jobs", method, rest[1:], "/".join([base, *rest[:2]]), call)
     if rest[0] != "datasets":
         return call._replace(resource=base)

@@ -93,7 +93,7 @@ CASES = [
      ("compute", "compute.instances.stop", CP + "/zones/us-central1-a/instances/vm-1")),
     (C, "POST", "/compute/v1/projects/my-proj/zones/us-central1-a/instances/vm-1/setMetadata",
      ("compute", "compute.instances.setMetadata", CP + "/zones/us-central1-a/instances/vm-1")),
-    (C, "GET", "/compute/v1/projects/my-proj/zones/us-central1-a/instances/vm-1/getSerialPortOutput?port=1",
+    (C, "GET", "/compute/v1/projects/my-proj/zones/us-central1-a/instances/vm-1/serialPort?port=1",
      ("compute", "compute.instances.getSerialPortOutput", CP + "/zones/us-central1-a/instances/vm-1")),
     (C, "POST", "/compute/v1/projects/my-proj/zones/us-central1-a/instances/bulkInsert",
      ("compute", "compute.instances.bulkInsert", CP + "/zones/us-central1-a/instances")),
@@ -139,6 +139,9 @@ CASES = [
      ("bigquery", "bigquery.jobs.getQueryResults", CP + "/jobs/job_1")),
     (BQ, "POST", "/upload/bigquery/v2/projects/my-proj/jobs?uploadType=resumable",
      ("bigquery", "bigquery.jobs.insert", CP)),
+    (BQ, "DELETE", "/bigquery/v2/projects/my-proj/jobs/job_1/delete?location=US",
+     ("bigquery", "bigquery.jobs.delete", CP + "/jobs/job_1")),
+    (BQ, "DELETE", "/bigquery/v2/projects/my-proj/jobs/job_1", ("bigquery", "bigquery.jobs.delete", CP + "/jobs/job_1")),
     # Other Google services: the service from the host, nothing guessed.
     ("pubsub.googleapis.com", "POST", "/v1/projects/p/topics/t:publish", ("pubsub", None, None)),
     ("us-central1-aiplatform.googleapis.com", "POST", "/v1/projects/p/locations/l/endpoints/e:predict",
@@ -167,3 +170,128 @@ CASES = [
                          ids=[f"{m} {h}{p}"[:90] for h, m, p, _ in CASES])
 def test_describe(host: str, method: str, path: str, expected: tuple[str | None, ...]):
     assert describe(host, method, path) == ApiCall(*expected)
+
+
+# Compute Engine paths that do not spell their method the generic way, as Google's v1 reference index
+# (https://cloud.google.com/compute/docs/reference/rest/v1) gives each method's HTTP verb and path.
+Z = "/compute/v1/projects/my-proj/zones/z"
+R = "/compute/v1/projects/my-proj/regions/r"
+G = "/compute/v1/projects/my-proj/global"
+ZP, RP, GP = CP + "/zones/z", CP + "/regions/r", CP + "/global"
+COMPUTE_ALIASES = [
+    # Path segment is not the method's name.
+    ("GET", Z + "/instances/vm/serialPort", "compute.instances.getSerialPortOutput", ZP + "/instances/vm"),
+    ("GET", Z + "/instances/vm/serialPort?port=2&start=-3", "compute.instances.getSerialPortOutput",
+     ZP + "/instances/vm"),
+    ("GET", "/compute/beta/projects/my-proj/zones/z/instances/vm/serialPort", "compute.instances.getSerialPortOutput",
+     ZP + "/instances/vm"),
+    ("GET", Z + "/instances/vm/screenshot", "compute.instances.getScreenshot", ZP + "/instances/vm"),
+    ("GET", Z + "/instances/vm/referrers", "compute.instances.listReferrers", ZP + "/instances/vm"),
+    ("GET", G + "/images/family/debian-12", "compute.images.getFromFamily", GP + "/images/family/debian-12"),
+    ("GET", "/compute/v1/projects/debian-cloud/global/images/family/debian-12", "compute.images.getFromFamily",
+     "projects/debian-cloud/global/images/family/debian-12"),
+    # Custom methods sent with PATCH.
+    ("PATCH", Z + "/instances/vm/setShieldedInstanceIntegrityPolicy", "compute.instances.setShieldedInstanceIntegrityPolicy",
+     ZP + "/instances/vm"),
+    ("PATCH", Z + "/instances/vm/updateDisplayDevice", "compute.instances.updateDisplayDevice", ZP + "/instances/vm"),
+    ("PATCH", Z + "/instances/vm/updateNetworkInterface?networkInterface=nic0", "compute.instances.updateNetworkInterface",
+     ZP + "/instances/vm"),
+    ("PATCH", Z + "/instances/vm/updateShieldedInstanceConfig", "compute.instances.updateShieldedInstanceConfig",
+     ZP + "/instances/vm"),
+    ("PATCH", G + "/networks/net-1/updatePeering", "compute.networks.updatePeering", GP + "/networks/net-1"),
+    # PATCH on the member is "update" where the collection has no "patch".
+    ("PATCH", Z + "/disks/d1", "compute.disks.update", ZP + "/disks/d1"),
+    ("PATCH", R + "/disks/d1", "compute.disks.update", RP + "/disks/d1"),
+    ("PATCH", R + "/commitments/c1", "compute.commitments.update", RP + "/commitments/c1"),
+    ("PATCH", Z + "/reservations/res-1", "compute.reservations.update", ZP + "/reservations/res-1"),
+    ("PATCH", Z + "/storagePools/sp-1", "compute.storagePools.update", ZP + "/storagePools/sp-1"),
+    # On the collection itself.
+    ("PATCH", Z + "/autoscalers?autoscaler=as-1", "compute.autoscalers.patch", ZP + "/autoscalers/as-1"),
+    ("PUT", R + "/autoscalers?autoscaler=as-1", "compute.autoscalers.update", RP + "/autoscalers/as-1"),
+    ("PATCH", Z + "/autoscalers", "compute.autoscalers.patch", ZP + "/autoscalers"),
+    ("GET", Z + "/instanceSettings", "compute.instanceSettings.get", ZP + "/instanceSettings"),
+    ("PATCH", Z + "/instanceSettings?updateMask=metadata", "compute.instanceSettings.patch", ZP + "/instanceSettings"),
+    ("GET", G + "/snapshotSettings", "compute.snapshotSettings.get", GP + "/snapshotSettings"),
+    ("PATCH", G + "/snapshotSettings", "compute.snapshotSettings.patch", GP + "/snapshotSettings"),
+    ("POST", Z + "/disks/stopGroupAsyncReplication", "compute.disks.stopGroupAsyncReplication", ZP + "/disks"),
+    ("POST", R + "/disks/stopGroupAsyncReplication", "compute.disks.stopGroupAsyncReplication", RP + "/disks"),
+    ("GET", G + "/backendServices/listUsable", "compute.backendServices.listUsable", GP + "/backendServices"),
+    ("GET", R + "/backendServices/listUsable", "compute.backendServices.listUsable", RP + "/backendServices"),
+    ("GET", R + "/firewallPolicies/getEffectiveFirewalls?network=n", "compute.firewallPolicies.getEffectiveFirewalls",
+     RP + "/firewallPolicies"),
+    ("GET", G + "/securityPolicies/listPreconfiguredExpressionSets", "compute.securityPolicies.listPreconfiguredExpressionSets",
+     GP + "/securityPolicies"),
+    ("GET", G + "/sslPolicies/listAvailableFeatures", "compute.sslPolicies.listAvailableFeatures", GP + "/sslPolicies"),
+    ("GET", R + "/sslPolicies/listAvailableFeatures", "compute.sslPolicies.listAvailableFeatures", RP + "/sslPolicies"),
+    # Paths without global/ (targetHttp(s)Proxies) and under aggregated/.
+    ("POST", "/compute/v1/projects/my-proj/targetHttpProxies/tp-1/setUrlMap", "compute.targetHttpProxies.setUrlMap",
+     GP + "/targetHttpProxies/tp-1"),
+    ("POST", "/compute/v1/projects/my-proj/targetHttpsProxies/tp-1/setUrlMap", "compute.targetHttpsProxies.setUrlMap",
+     GP + "/targetHttpsProxies/tp-1"),
+    ("POST", "/compute/v1/projects/my-proj/targetHttpsProxies/tp-1/setSslCertificates",
+     "compute.targetHttpsProxies.setSslCertificates", GP + "/targetHttpsProxies/tp-1"),
+    ("GET", "/compute/v1/projects/my-proj/aggregated/subnetworks/listUsable", "compute.subnetworks.listUsable", CP),
+    # A collection nested under a member.
+    ("GET", Z + "/instanceGroupManagers/m1/resizeRequests", "compute.instanceGroupManagerResizeRequests.list",
+     ZP + "/instanceGroupManagers/m1/resizeRequests"),
+    ("POST", Z + "/instanceGroupManagers/m1/resizeRequests", "compute.instanceGroupManagerResizeRequests.insert",
+     ZP + "/instanceGroupManagers/m1/resizeRequests"),
+    ("GET", Z + "/instanceGroupManagers/m1/resizeRequests/rr-1", "compute.instanceGroupManagerResizeRequests.get",
+     ZP + "/instanceGroupManagers/m1/resizeRequests/rr-1"),
+    ("DELETE", Z + "/instanceGroupManagers/m1/resizeRequests/rr-1", "compute.instanceGroupManagerResizeRequests.delete",
+     ZP + "/instanceGroupManagers/m1/resizeRequests/rr-1"),
+    ("POST", Z + "/instanceGroupManagers/m1/resizeRequests/rr-1/cancel",
+     "compute.instanceGroupManagerResizeRequests.cancel", ZP + "/instanceGroupManagers/m1/resizeRequests/rr-1"),
+]
+
+# Paths the generic reading already named right, next to the aliases: they must stay as they were.
+COMPUTE_UNCHANGED = [
+    ("GET", Z + "/instances/vm/getEffectiveFirewalls", "compute.instances.getEffectiveFirewalls", ZP + "/instances/vm"),
+    ("GET", Z + "/instances/vm/getShieldedInstanceIdentity", "compute.instances.getShieldedInstanceIdentity",
+     ZP + "/instances/vm"),
+    ("GET", Z + "/instances/vm/getIamPolicy", "compute.instances.getIamPolicy", ZP + "/instances/vm"),
+    ("POST", Z + "/instances/vm/setMetadata", "compute.instances.setMetadata", ZP + "/instances/vm"),
+    ("PATCH", Z + "/instances/vm", "compute.instances.patch", ZP + "/instances/vm"),
+    ("PUT", Z + "/instances/vm", "compute.instances.update", ZP + "/instances/vm"),
+    ("POST", Z + "/instances/bulkInsert", "compute.instances.bulkInsert", ZP + "/instances"),
+    ("POST", R + "/instances/bulkInsert", "compute.instances.bulkInsert", RP + "/instances"),
+    ("POST", Z + "/disks/bulkInsert", "compute.disks.bulkInsert", ZP + "/disks"),
+    ("GET", Z + "/disks/d1", "compute.disks.get", ZP + "/disks/d1"),
+    ("DELETE", Z + "/disks/d1", "compute.disks.delete", ZP + "/disks/d1"),
+    ("GET", G + "/images/debian-12-v1", "compute.images.get", GP + "/images/debian-12-v1"),
+    ("GET", G + "/images", "compute.images.list", GP + "/images"),
+    ("PATCH", G + "/images/img-1", "compute.images.patch", GP + "/images/img-1"),
+    # An image may be named "family": its own methods keep their names.
+    ("GET", G + "/images/family", "compute.images.get", GP + "/images/family"),
+    ("GET", G + "/images/family/getIamPolicy", "compute.images.getIamPolicy", GP + "/images/family"),
+    ("GET", G + "/backendServices/bs-1", "compute.backendServices.get", GP + "/backendServices/bs-1"),
+    ("PATCH", G + "/backendServices/bs-1", "compute.backendServices.patch", GP + "/backendServices/bs-1"),
+    ("GET", Z + "/autoscalers", "compute.autoscalers.list", ZP + "/autoscalers"),
+    ("GET", Z + "/autoscalers/as-1", "compute.autoscalers.get", ZP + "/autoscalers/as-1"),
+    ("PATCH", G + "/networks/net-1", "compute.networks.patch", GP + "/networks/net-1"),
+    ("GET", G + "/networks/net-1/listPeeringRoutes", "compute.networks.listPeeringRoutes", GP + "/networks/net-1"),
+    ("GET", R + "/routers/rt-1/getRouterStatus", "compute.routers.getRouterStatus", RP + "/routers/rt-1"),
+    ("GET", R + "/instanceGroupManagers/m1/listErrors", "compute.instanceGroupManagers.listErrors",
+     RP + "/instanceGroupManagers/m1"),
+    ("POST", Z + "/instanceGroupManagers/m1/resize?size=3", "compute.instanceGroupManagers.resize",
+     ZP + "/instanceGroupManagers/m1"),
+    ("GET", "/compute/v1/projects/my-proj/aggregated/subnetworks", "compute.subnetworks.aggregatedList", CP),
+    ("GET", "/compute/v1/projects/my-proj/getXpnHost", "compute.projects.getXpnHost", CP),
+    # Not in Google's reference: still not named.
+    ("PATCH", Z + "/instances/vm/setMetadata", None, ZP + "/instances/vm"),
+    ("PUT", Z + "/instances/vm/updateNetworkInterface", None, ZP + "/instances/vm"),
+    ("GET", Z + "/instances/vm/serialPort/extra", None, ZP + "/instances/vm"),
+    ("PATCH", Z + "/instances", None, ZP + "/instances"),
+    ("POST", "/compute/v1/projects/my-proj/targetHttpProxies/tp-1/setQuicOverride", None, CP),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "api_method", "resource"), COMPUTE_ALIASES + COMPUTE_UNCHANGED,
+                         ids=[f"{m} {p}"[:90] for m, p, _, _ in COMPUTE_ALIASES + COMPUTE_UNCHANGED])
+def test_compute_method_names(method: str, path: str, api_method: str | None, resource: str):
+    assert describe(C, method, path) == ApiCall("compute", api_method, resource)
+
+
+def test_compute_aliases_on_the_shared_host():
+    assert describe("www.googleapis.com", "GET", Z + "/instances/vm/serialPort") == ApiCall(
+        "compute", "compute.instances.getSerialPortOutput", ZP + "/instances/vm")
