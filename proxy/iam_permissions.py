@@ -95,6 +95,9 @@ COMPUTE: dict[str, Needs] = {
     "compute.instances.delete": _n("compute.instances.delete"),
     "compute.instances.detachDisk": _n("compute.instances.detachDisk"),
     "compute.instances.get": _n("compute.instances.get"),
+    # map.json (restcrawliamblockv1 and manual) for instances.getSerialPortOutput, which Google serves at
+    # GET .../instances/I/serialPort.
+    "compute.instances.getSerialPortOutput": _n("compute.instances.getSerialPortOutput"),
     "compute.instances.insert": _n("compute.instances.create", also=_CREATE_VM,
                                    note="the others as the request asks: new disks, a subnetwork, an external "
                                         "IP, metadata, tags, labels, a service account"),
@@ -125,6 +128,9 @@ COMPUTE: dict[str, Needs] = {
     "compute.machineTypes.list": _n("compute.machineTypes.list"),
     "compute.machineTypes.aggregatedList": _n("compute.machineTypes.list"),
     "compute.images.get": _n("compute.images.get"),
+    # map.json (restcrawliamblockv1 and manual), and images/getFromFamily's own IAM Permissions section
+    # (https://cloud.google.com/compute/docs/reference/rest/v1/images/getFromFamily); GET .../images/family/F.
+    "compute.images.getFromFamily": _n("compute.images.getFromFamily"),
     "compute.images.list": _n("compute.images.list"),
     "compute.snapshots.delete": _n("compute.snapshots.delete"),
     "compute.snapshots.get": _n("compute.snapshots.get"),
@@ -183,6 +189,9 @@ BIGQUERY: dict[str, Needs] = {
                                   also=("bigquery.datasets.setIamPolicy",), note=_DATASET_ACL),
     "bigquery.datasets.update": _n("bigquery.datasets.update",
                                    also=("bigquery.datasets.setIamPolicy",), note=_DATASET_ACL),
+    # "Requires the bigquery.jobs.delete permission on the job resource"
+    # (https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/delete); DELETE .../jobs/J/delete.
+    "bigquery.jobs.delete": _n("bigquery.jobs.delete"),
     "bigquery.jobs.cancel": _n("bigquery.jobs.update", also=("bigquery.jobs.create",), note=_CREATOR),
     "bigquery.jobs.get": _n("bigquery.jobs.get", also=("bigquery.jobs.create",), note=_CREATOR),
     "bigquery.jobs.getQueryResults": _n("bigquery.jobs.get", "bigquery.tables.getData",

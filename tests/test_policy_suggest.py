@@ -230,6 +230,8 @@ def test_table_covers_the_methods_google_api_names():
         "storage.objects.create", "storage.objects.get")
     assert iam_permissions.needs("bigquery.jobs.insert").permissions == ("bigquery.jobs.create",)
     assert iam_permissions.needs("bigquery.tabledata.list").permissions == ("bigquery.tables.getData",)
+    for name in ("compute.instances.getSerialPortOutput", "compute.images.getFromFamily", "bigquery.jobs.delete"):
+        assert iam_permissions.needs(name) == iam_permissions.Needs((name,)), name
     assert iam_permissions.needs("storage.objects.watchAll") is None  # not documented here: unknown
 
 
