@@ -272,9 +272,10 @@ def test_impersonation_and_its_iam_call_go_through_the_upstream_proxy(
     proxy_factory: ProxyFactory, fake: FakeGoogle, upstream: ConnectProxy, tmp_path: Path,
 ) -> None:
     creds = fake.write_impersonated_service_account(tmp_path / "impersonated.json")
+    before = fake.generate_access_token_calls  # the fake's counters are for the whole session
     pp = proxy_factory("--upstream-proxy", upstream_url(fake), credentials=creds)
     pp.wait_for_line("token available")
-    assert fake.generate_access_token_calls == 1
+    assert fake.generate_access_token_calls - before == 1
     # the user's refresh (oauth2) and generateAccessToken (iamcredentials): two hosts, two tunnels
     assert upstream.relayed() == [authority(fake.googleapis_addr)] * 2
 
