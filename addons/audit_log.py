@@ -56,6 +56,14 @@ class ByteCounter:
         return chunk
 
 
+def refused_connect(flow: http.HTTPFlow) -> bool:
+    """A CONNECT the rules or the host policy refused (403), which never becomes a request; a 407
+    challenge is the normal start of proxy auth, not counted."""
+    meta = flow.metadata.get("gauth")
+    return bool(meta and meta.get("auth") == "denied" and flow.response is not None
+                and flow.response.status_code == 403)
+
+
 def count_request_stream(flow: http.HTTPFlow) -> None:
     """Count a request body mitmproxy decided to stream (call in ``requestheaders``; idempotent).
 
@@ -509,11 +517,8 @@ class AuditLog:
         self._refuse_if_broken(flow)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        """A CONNECT the rules or the host policy refused never becomes a request: record it here
-        (a 407 challenge is the normal start of proxy auth, not worth a record)."""
-        meta = flow.metadata.get("gauth")
-        if (self.enabled and meta and meta.get("auth") == "denied" and flow.response is not None
-                and flow.response.status_code == 403):
+        """A CONNECT the rules or the host policy refused never becomes a request: record it here."""
+        if self.enabled and refused_connect(flow):
             self._write(flow)
 
     def request(self, flow: http.HTTPFlow) -> None:

@@ -3,9 +3,10 @@
 Counts what the audit log records (same requests), plus token cache state and client connections.
 Every label value comes from a fixed, small set, never from what a client sent: a client that
 picks a fresh host per request (each 407 is counted) must not grow memory or /metrics. ``host``
-is the ``inject_host`` pattern the host matched (``*.googleapis.com``) or ``other``; ``service``
-a service addons/google_api.py recognises or ``other``; ``status`` a code 100-599, ``error`` (no
-response) or ``other``; ``auth`` our own outcome words; never a path.
+is the pattern of the route the host matched (``*.googleapis.com``, ``*.a.run.app``) or ``other``;
+``service`` a service addons/google_api.py recognises or ``other``; ``status`` a code 100-599,
+``error`` (no response) or ``other``; ``auth`` our own outcome words; ``rule`` a ``[[rule]]``
+name from the config (the operator's words) or ``default``; never a path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from addons import google_api, hosts
-from addons.audit_log import AuditLog, audit_record, count_request_stream, count_response_stream
+from addons.audit_log import (
+    AuditLog,
+    audit_record,
+    count_request_stream,
+    count_response_stream,
+    refused_connect,
+)
+from addons.routing import Routing
 from addons.same_user import Gate
 from addons.token_source import TokenSource
 
@@ -94,13 +102,20 @@ class Metrics:
     audit log counts as writable, no refusals)."""
 
     def __init__(self, tokens: TokenSource | None = None, audit: AuditLog | None = None,
-                 gate: Gate | None = None) -> None:
+                 gate: Gate | None = None, routing: Routing | None = None) -> None:
         self.tokens = tokens
         self.audit = audit
+        self.routing = routing  # the hosts routes intercept label requests (else --inject-host's)
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_requests", "Requests to injected hosts, by outcome.",
             ["host", "service", "status", "auth"], registry=self.registry,
+        )
+        self.decisions = Counter(
+            f"{PREFIX}_rule_decisions", "Requests to intercepted hosts and refused tunnels the [[rule]] "
+            "entries (or the default) decided, by rule and action; only while there are rules or the "
+            "default is deny.",
+            ["rule", "action"], registry=self.registry,
         )
         self.duration = Histogram(
             f"{PREFIX}_request_duration_seconds", "Time from request start to the end of the response.",
@@ -146,6 +161,10 @@ class Metrics:
     def client_disconnected(self, client: connection.Client) -> None:
         self.connections.dec()
 
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if refused_connect(flow):  # on the audit log too
+            self._observe(flow)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if "gauth" in flow.metadata:
             count_request_stream(flow)
@@ -166,7 +185,11 @@ class Metrics:
         record = audit_record(flow)
         service = service_label(record.get("service"))
         status = status_label(record["status"])
-        self.requests.labels(host_label(record["host"], self.patterns), service, status, record["auth"]).inc()
+        patterns = self.routing.policy.intercepted if self.routing is not None else self.patterns
+        self.requests.labels(host_label(record["host"], patterns), service, status, record["auth"]).inc()
+        action = flow.metadata["gauth"].get("decision")
+        if action is not None:  # the rules ran on it
+            self.decisions.labels(record.get("rule") or "default", action).inc()
         self.duration.labels(service).observe(record["duration_ms"] / 1000)
         for key, direction in (("request_bytes", "sent"), ("response_bytes", "received")):
             if record[key]:

@@ -70,7 +70,8 @@ class Rules:
         if decision.allowed:
             return
         meta = flow.metadata.setdefault("gauth", {})
-        meta.update(auth="denied", host=host, rule=decision.rule_name, error=decision.reason)
+        meta.update(auth="denied", host=host, rule=decision.rule_name, error=decision.reason,
+                    decision=decision.action)
         logger.info("refused a tunnel to %s: %s", host, decision.reason)
         flow.response = error_response(403, denial_message(call, decision), REASON)
 
@@ -89,6 +90,7 @@ class Rules:
         decision = policy.decide(call)
         meta = flow.metadata.setdefault("gauth", {})
         meta["rule"] = decision.rule_name
+        meta["decision"] = decision.action  # for the metrics: what the rules said, whatever came after
         meta[API_KEY] = (host, request.method, request.path, api)  # the audit record reuses it
         if decision.allowed:
             return

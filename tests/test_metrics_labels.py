@@ -114,3 +114,51 @@ def test_made_up_hosts_do_not_grow_metric_labels(proxy_factory: ProxyFactory, fa
     for labels, count in counts.items():
         by_host[dict(labels)["host"]] += count
     assert by_host == {"*.googleapis.com": 2 * n, "other": 2 * n}
+
+
+def test_rule_decisions_are_counted_by_rule_and_routes_label_hosts(proxy_factory: ProxyFactory, fake: FakeGoogle,
+                                                                   tmp_path):
+    config = tmp_path / "policy.toml"
+    config.write_text('''
+default = "deny"
+
+[[route]]
+name = "service"
+hosts = ["*.a.run.app"]
+credential = { id_token = {} }
+
+[[rule]]
+name = "no-deletes"
+action = "deny"
+methods = ["DELETE"]
+
+[[rule]]
+name = "read-demo"
+action = "allow"
+api_methods = ["storage.objects.get"]
+resources = ["projects/_/buckets/demo-bucket/objects/**"]
+''')
+    pp = proxy_factory("--admin-listen", "127.0.0.1:0", "--config", str(config),
+                       "--resolve", "*.a.run.app={}:{}".format(*fake.run_addr))
+    pp.wait_for_line("token available")
+    s = requests.Session()
+    s.trust_env = False
+    s.proxies = {"https": pp.url}
+    s.verify = str(pp.ca_cert)
+    obj = "https://storage.googleapis.com/storage/v1/b/demo-bucket/o/hello.txt"
+    assert [s.get(obj, timeout=20).status_code for _ in range(2)] == [200, 200]
+    assert s.delete(obj, timeout=20).status_code == 403
+    assert s.get("https://storage.googleapis.com/storage/v1/b/demo-bucket/o", timeout=20).status_code == 403
+    assert s.get("https://hello-abc123.a.run.app/", timeout=20).status_code == 403  # no rule allows it
+    with pytest.raises(requests.exceptions.ProxyError):  # a tunnel no rule allows
+        s.get("https://www.example.test/", timeout=20)
+    decisions = {}
+    hosts_seen = set()
+    for family in text_string_to_metric_families(get(admin_url(pp) + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "gcp_auth_proxy_rule_decisions_total":
+                decisions[(sample.labels["rule"], sample.labels["action"])] = sample.value
+            if sample.name == "gcp_auth_proxy_requests_total":
+                hosts_seen.add(sample.labels["host"])
+    assert decisions == {("read-demo", "allow"): 2, ("no-deletes", "deny"): 1, ("default", "deny"): 3}
+    assert {"*.googleapis.com", "*.a.run.app"} <= hosts_seen  # the routes' patterns, not only --inject-host's
