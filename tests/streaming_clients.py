@@ -8,7 +8,6 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
@@ -130,15 +129,3 @@ def received_by(chunks: Iterable[list[float]], total: int) -> float:
         if have >= total:
             return at
     raise AssertionError(f"the server never received {total} bytes")
-
-
-def records(path: Path, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-    """The audit records, once there are ``count`` (a record is written when its flow ends)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return [json.loads(line) for line in lines]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} audit records in {path}, found {len(lines)}: {lines}")
-        time.sleep(0.02)

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import requests
 
 from fakegoogle import FakeGoogle
 from proxy import cli
+from tests.audit_records import wait_for_records
 from tests.proxyproc import ROOT, ProxyProcess, base_env
 
 TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -45,18 +45,6 @@ def check_schema(record: dict[str, Any]) -> None:
     assert TIME.match(record["time"]), record["time"]
     assert record["auth"] in AUTH_VALUES
     assert record["status"] is not None or "error" in record
-
-
-def wait_for_records(path: Path, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-    """Records are written when a flow ends, which can be just after the client got its last byte."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return [json.loads(line) for line in lines]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} audit records in {path}, found {len(lines)}")
-        time.sleep(0.05)
 
 
 def session_via(proxy: ProxyProcess, verify: str | None = None) -> requests.Session:

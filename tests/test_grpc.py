@@ -17,7 +17,6 @@ import queue
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import pytest
 from fakegoogle import FakeGoogle
 from fakegoogle.pubsub_server import UNAUTHENTICATED_MESSAGE
 from proxy.placeholder import PLACEHOLDER_PREFIX
+from tests.audit_records import read_records, wait_for_records
 from tests.proxyproc import RunningProxy
 from tests.wraphelp import run_wrapped
 
@@ -101,20 +101,6 @@ def direct(fake: FakeGoogle, channels: list[grpc.Channel], addr: tuple[str, int]
     return channel
 
 
-def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_for_records(path: Path, count: int) -> list[dict[str, Any]]:
-    """Records are written when a call ends; after a client cancel that is just after the client moved on."""
-    deadline = time.monotonic() + WAIT
-    while len(found := records(path)) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} audit records, found {found}")
-        time.sleep(0.02)
-    return found
-
-
 def calls_seen(fake: FakeGoogle, server: str = "pubsub") -> list[Any]:
     return [r for r in fake.requests if r.server == server]
 
@@ -157,7 +143,7 @@ def test_unary_call_gets_the_token_and_keeps_metadata_and_trailers(gproxy: Runni
     assert dict(call.trailing_metadata()) == {"x-echo-text": "plain text", "x-echo-data-bin": binary}
     [seen] = calls_seen(fake)
     assert seen.path == ECHO + "Unary" and seen.token_valid and seen.authorization.startswith("Bearer ")
-    [record] = records(audit_path)  # written before the answer went out
+    [record] = read_records(audit_path)  # written before the answer went out
     assert record["api_method"] == "fakegoogle.testing.v1.Echo.Unary" and record["service"] == "pubsub"
     assert record["grpc_status"] == 0 and record["status"] == 200 and record["auth"] == "injected"
     assert record["http_version"] == "HTTP/2.0"
@@ -176,7 +162,7 @@ def test_error_status_message_and_binary_trailers_reach_the_client(gproxy: Runni
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error.details() == message
     assert ("x-echo-detail-bin", b"\x00\x01\xfe\xff") in [tuple(m) for m in error.trailing_metadata()]
-    [record] = records(audit_path)
+    [record] = read_records(audit_path)
     assert record["grpc_status"] == 5 and record["status"] == 200
 
 
@@ -189,11 +175,11 @@ def test_server_streaming_sends_each_message_as_it_comes(gproxy: RunningProxy, f
     assert next(call) == b"message 0"
     # Meanwhile another call on the same connection goes through, and only it is on record so far.
     assert channel.unary_unary(ECHO + "Unary")(b"meanwhile", timeout=WAIT) == b"meanwhile"
-    assert [r["api_method"] for r in records(audit_path)] == ["fakegoogle.testing.v1.Echo.Unary"]
+    assert [r["api_method"] for r in read_records(audit_path)] == ["fakegoogle.testing.v1.Echo.Unary"]
     fake.grpc_calls.open_gate("first")
     assert list(call) == [b"message 1", b"message 2"]
     assert call.code() == grpc.StatusCode.OK
-    unary, stream = records(audit_path)  # one record per call, written when it ended
+    unary, stream = read_records(audit_path)  # one record per call, written when it ended
     assert stream["api_method"] == "fakegoogle.testing.v1.Echo.ServerStream" and stream["grpc_status"] == 0
     assert stream["duration_ms"] >= unary["duration_ms"]  # the unary call ran inside the stream's life
     assert stream["request_bytes"] == framed(b"3")
@@ -205,7 +191,7 @@ def test_client_streaming_passes_every_message(gproxy: RunningProxy, channels: l
     messages = [b"first", b"", b"x" * 200_000, b"last"]  # an empty one, and one larger than any held body
     answer = via_proxy(gproxy, channels).stream_unary(ECHO + "ClientStream")(iter(messages), timeout=WAIT)
     assert answer == b"%d messages, %d bytes" % (len(messages), sum(map(len, messages)))
-    [record] = records(audit_path)
+    [record] = read_records(audit_path)
     assert record["api_method"] == "fakegoogle.testing.v1.Echo.ClientStream" and record["grpc_status"] == 0
     assert record["request_bytes"] == sum(map(framed, messages))
     assert record["response_bytes"] == framed(answer)
@@ -224,7 +210,7 @@ def test_bidi_streaming_ping_pong(gproxy: RunningProxy, channels: list[grpc.Chan
     assert list(call) == []
     assert call.code() == grpc.StatusCode.OK
     assert dict(call.trailing_metadata()) == {"x-echo-round-bin": b"\xffend"}
-    [record] = records(audit_path)
+    [record] = read_records(audit_path)
     assert record["api_method"] == "fakegoogle.testing.v1.Echo.Bidi"
     assert record["request_bytes"] == record["response_bytes"] == sum(map(framed, sent))
 
@@ -290,7 +276,7 @@ def test_without_a_valid_token_unauthenticated_reaches_the_client(gproxy: Runnin
     assert caught.value.details() == UNAUTHENTICATED_MESSAGE
     [seen] = calls_seen(fake)
     assert seen.authorization and not seen.token_valid
-    [record] = records(audit_path)
+    [record] = read_records(audit_path)
     assert record["grpc_status"] == 16 and record["auth"] == "injected"
 
 
@@ -343,7 +329,7 @@ def test_tunnelled_grpc_host_is_untouched(gproxy: RunningProxy, fake: FakeGoogle
     seen = calls_seen(fake, "grpc-other")
     assert [r.path for r in seen] == [ECHO + "Unary", ECHO + "Bidi"]
     assert all(r.authorization is None for r in seen)
-    assert records(audit_path) == []  # tunnelled hosts are not audited
+    assert read_records(audit_path) == []  # tunnelled hosts are not audited
 
 
 # -- bad input: an upstream that fails, a client that sends garbage ---------------------------------
@@ -515,7 +501,7 @@ def test_garbage_grpc_messages_get_the_upstreams_status(gproxy: RunningProxy, fa
     direct_statuses, proxied_statuses = statuses
     assert proxied_statuses == direct_statuses
     assert proxied_statuses[:2] != ["0", "0"] and proxied_statuses[2] == "0"
-    audited = [r["grpc_status"] for r in records(audit_path)]
+    audited = [r["grpc_status"] for r in read_records(audit_path)]
     assert sorted(audited) == sorted(int(s or -1) for s in proxied_statuses)
 
 
@@ -618,7 +604,7 @@ def test_pubsub_client_under_run_receives_messages_as_they_are_published(fake: F
     subscription = f"projects/fake-project/subscriptions/sub-{tmp_path.name}"
     assert fake.pubsub.acked(subscription) == count
     assert_no_token_in(audit, fake)
-    found = records(audit)  # `run` has exited: every record is written
+    found = read_records(audit)  # `run` has exited: every record is written
     by_method: dict[str, list[dict[str, Any]]] = {}
     for record in found:
         by_method.setdefault(record.get("api_method", "?"), []).append(record)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fakegoogle import FakeGoogle
 from fakegoogle.tokens import bearer_token
+from tests.audit_records import read_records
 from tests.conftest import ProxyFactory
 from tests.proxyproc import base_env
 from tests.test_proxy_e2e import session_via
@@ -26,10 +27,6 @@ RUN_URL = "https://hello-abc123.a.run.app/greet"
 
 def run_resolve(fake: FakeGoogle) -> list[str]:
     return ["--resolve", "*.a.run.app={}:{}".format(*fake.run_addr)]
-
-
-def audit_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def api_tokens(fake: FakeGoogle, path_prefix: str = "/storage/v1/b/demo-bucket") -> list[str]:
@@ -54,7 +51,7 @@ def test_impersonation_with_a_delegate_fetches_each_token_once(proxy_factory: Pr
     assert len(tokens) == 1 and fake.principal_of(tokens.pop()) == TARGET
     assert fake.token_requests_to("oauth2") - before["oauth2"] == 1  # the ADC token that called IAM
     assert fake.token_requests_to("generate_access_token") - before["generate_access_token"] == 1
-    records = audit_records(audit)
+    records = read_records(audit)
     assert {(r["principal"], r["credential"], r["route"]) for r in records} == {
         (TARGET, "impersonated", "--inject-host *.googleapis.com")}
 
@@ -86,7 +83,7 @@ def test_curl_reaches_cloud_run_with_an_id_token(proxy_factory: ProxyFactory, fa
     seen = json.loads(out.stdout)
     assert seen["email"] == SA and seen["aud"] == "https://hello-abc123.a.run.app"
     assert seen["app_authorization"] is None
-    (record,) = [r for r in audit_records(audit) if r["host"] == "hello-abc123.a.run.app"]
+    (record,) = [r for r in read_records(audit) if r["host"] == "hello-abc123.a.run.app"]
     assert record["credential"] == "id_token" and record["auth"] == "injected" and record["principal"] == SA
     assert not fake.leaks  # no access token reached Cloud Run
 
@@ -167,7 +164,7 @@ credential = {{ impersonate = ["{bob_sa}"] }}
         assert answer.status_code == 200, answer.text
     principals = [fake.principal_of(t) for t in api_tokens(fake)]
     assert principals == [alice_sa, bob_sa]
-    records = audit_records(audit)
+    records = read_records(audit)
     assert [(r["proxy_user"], r["principal"], r["route"]) for r in records] == [
         ("alice", alice_sa, "alice"), ("bob", bob_sa, "bob")]
     assert "a-pass" not in audit.read_text() and "b-pass" not in audit.read_text()
@@ -194,7 +191,7 @@ credential = "none"
     session = session_via(proxy)
     assert session.get(OBJECT_URL, timeout=20).status_code == 200
     session.get("https://storage.googleapis.com/storage/v1/b/demo-bucket/o", timeout=20)
-    by_path = {r["path"]: r for r in audit_records(audit)}
+    by_path = {r["path"]: r for r in read_records(audit)}
     assert by_path["/storage/v1/b/demo-bucket/o/hello.txt"]["credential"] == "key_file"
     assert by_path["/storage/v1/b/demo-bucket/o/hello.txt"]["route"] == "logs by key"
     listing = by_path["/storage/v1/b/demo-bucket/o"]

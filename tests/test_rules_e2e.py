@@ -4,7 +4,6 @@ SIGHUP reloads, and `policy suggest` drafting from a real run a policy that allo
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fakegoogle import FakeGoogle
+from tests.audit_records import read_records
 from tests.conftest import ProxyFactory
 from tests.proxyproc import ROOT, base_env
 from tests.test_clients_run import gcloud_env, needs
@@ -39,10 +39,6 @@ def write(tmp_path: Path, text: str, name: str = "policy.toml") -> Path:
     return path
 
 
-def audit_records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def upstream_paths(fake: FakeGoogle) -> list[str]:
     return [r.path for r in fake.requests if r.server == "googleapis"]
 
@@ -59,7 +55,7 @@ def test_a_denied_call_gets_a_google_style_403_and_never_leaves(proxy_factory: P
     assert "storage.objects.get" in error["message"]
     assert not any(p.startswith("/storage/v1/b/demo-bucket/o/hello.txt") for p in upstream_paths(fake))
     assert session.get(LIST_URL, timeout=20).status_code == 200  # storage.objects.list: no rule, default allow
-    records = audit_records(audit)
+    records = read_records(audit)
     assert [(r["api_method"], r["auth"], r["rule"]) for r in records] == [
         ("storage.objects.get", "denied", "no-reading-demo"), ("storage.objects.list", "injected", None)]
 
@@ -82,10 +78,10 @@ def test_gsutil_is_refused_by_the_rule(fake: FakeGoogle, tmp_path: Path) -> None
                       "--config", str(write(tmp_path, NO_READS)), "--audit-log", str(audit),
                       env=gcloud_env(fake, tmp_path))
     assert out.returncode != 0 and "hello from fake Google" not in out.stdout
-    denied = [r for r in audit_records(audit) if r["auth"] == "denied" and r["host"] == "storage.googleapis.com"]
+    denied = [r for r in read_records(audit) if r["auth"] == "denied" and r["host"] == "storage.googleapis.com"]
     assert denied and {r["rule"] for r in denied} == {"no-reading-demo"}
     # gsutil also probes the metadata server with a CONNECT: refused by the host policy, on record too
-    probes = [r for r in audit_records(audit) if r["method"] == "CONNECT"]
+    probes = [r for r in read_records(audit) if r["method"] == "CONNECT"]
     assert all(r["auth"] == "denied" and r["rule"] is None for r in probes)
 
 
@@ -129,7 +125,7 @@ resources = ["projects/_/buckets/demo-bucket", "projects/_/buckets/demo-bucket/o
     with pytest.raises(Exception, match="403"):
         tunnelled.get("https://www.example.test/", timeout=20)
     assert not [r for r in fake.requests if r.server == "other"]
-    refused = [r for r in audit_records(audit) if r["method"] == "CONNECT"]
+    refused = [r for r in read_records(audit) if r["method"] == "CONNECT"]
     assert [(r["host"], r["auth"], r["status"], r["rule"]) for r in refused] == [("www.example.test", "denied", 403, None)]
 
 
@@ -155,7 +151,7 @@ ports = [443]
     assert refused.startswith(b"HTTP/1.1 403"), refused[:200]
     assert b"no rule allows a tunnel at www.example.test:22" in refused
     assert len([r for r in fake.requests if r.server == "other"]) == reached
-    [record] = [r for r in audit_records(audit) if r["method"] == "CONNECT"]
+    [record] = [r for r in read_records(audit) if r["method"] == "CONNECT"]
     assert (record["host"], record["auth"], record["status"]) == ("www.example.test", "denied", 403)
 
 

@@ -19,6 +19,7 @@ from addons.streaming import (
     should_stream_response,
 )
 from fakegoogle import FakeGoogle
+from tests.audit_records import wait_for_records
 from tests.conftest import ProxyFactory
 from tests.proxyproc import RunningProxy
 from tests.streaming_clients import (
@@ -29,7 +30,6 @@ from tests.streaming_clients import (
     httpx_client,
     paced,
     received_by,
-    records,
     requests_session,
     sse_with_curl,
     sse_with_httpx,
@@ -176,7 +176,7 @@ def test_sse_gets_one_audit_record_at_its_end_with_exact_bytes(proxy_factory: Pr
     with httpx_client(pp, http2=http2) as client:
         status, events, size, _ = sse_with_httpx(client, SSE_URL + "&events=4&pad=3000")
     assert status == 200 and len(events) == 4
-    (record,) = records(audit, 1)
+    (record,) = wait_for_records(audit, 1)
     assert record["status"] == 200 and record["auth"] == "injected" and "error" not in record
     assert record["http_version"] == ("HTTP/2.0" if http2 else "HTTP/1.1")
     assert record["response_bytes"] == size  # counted chunk by chunk, exact over HTTP/2 too

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from fakegoogle import FakeGoogle
+from tests.audit_records import wait_for_records
 from tests.conftest import ProxyFactory
 from tests.streaming_clients import (
     MODEL_PATH,
@@ -29,7 +30,6 @@ from tests.streaming_clients import (
     WS_URL,
     assert_live,
     httpx_client,
-    records,
     sse_with_httpx,
     ssl_context,
 )
@@ -122,7 +122,7 @@ def test_upstream_reset_mid_stream_ends_that_stream_with_an_error_and_not_the_ot
     assert status == 200
     assert_live(events, 6)
     assert resetter.authorized == [True]
-    by_host = {r["host"]: r for r in records(audit, 2)}
+    by_host = {r["host"]: r for r in wait_for_records(audit, 2)}
     broken = by_host[RESET_HOST]
     assert broken["status"] == 200 and broken["response_bytes"] == len(received)
     assert "closed" in broken["error"] or "reset" in broken["error"], broken["error"]
@@ -145,7 +145,7 @@ def test_client_vanishing_mid_sse_is_recorded_and_other_streams_carry_on(
         status, events, _, _ = healthy.result(60)
     assert status == 200
     assert_live(events, 6)
-    vanished, done = sorted(records(audit, 2), key=lambda r: "error" not in r)
+    vanished, done = sorted(wait_for_records(audit, 2), key=lambda r: "error" not in r)
     assert "error" not in done and done["status"] == 200
     assert vanished["status"] == 200 and vanished["error"], vanished
     assert size <= vanished["response_bytes"] < 50 * size // 2  # what passed, not the whole stream
@@ -184,7 +184,7 @@ def test_streams_open_at_shutdown_get_their_records_with_error_shutdown(
                 stream.result(30)
             except Exception:  # noqa: BLE001,S110 - the proxy went away under them: that is the point
                 pass
-    by_kind = {"websocket" if r.get("websocket") else "sse": r for r in records(audit, 2)}
+    by_kind = {"websocket" if r.get("websocket") else "sse": r for r in wait_for_records(audit, 2)}
     assert by_kind["sse"]["error"] == "shutdown" and by_kind["sse"]["status"] == 200
     assert by_kind["sse"]["response_bytes"] > 0
     assert by_kind["websocket"]["error"] == "shutdown" and by_kind["websocket"]["request_messages"] == 1

@@ -11,9 +11,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from fakegoogle import FakeGoogle
+from tests.audit_records import wait_for_records
 from tests.conftest import ProxyFactory
 from tests.proxyproc import RunningProxy
-from tests.streaming_clients import WS_URL, records, ssl_context
+from tests.streaming_clients import WS_URL, ssl_context
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_token_is_injected_on_the_upgrade_and_messages_go_both_ways_live(audited
     assert got == [f"turn {i}" for i in range(5)] + [b"\x00\xff" * 50]
     (upgrade,) = [r for r in fake.requests if r.path.startswith("/ws/")]
     assert upgrade.token_valid  # the client sent no credentials; the proxy added the token
-    (record,) = records(audit, 1)
+    (record,) = wait_for_records(audit, 1)
     assert record["websocket"] is True and record["status"] == 101 and record["auth"] == "injected"
     assert (record["request_messages"], record["response_messages"]) == (6, 6)
     expected_bytes = sum(len(f"turn {i}") for i in range(5)) + 100
@@ -93,7 +94,7 @@ def test_oversized_message_ends_only_its_own_socket_and_the_record_says_why(audi
             assert await asyncio.wait_for(other.recv(), 10) == "after"
 
     asyncio.run(run())
-    first, second = records(audit, 2)
+    first, second = wait_for_records(audit, 2)
     assert first["close_code"] == 1009 and first["closed_by"] == "client"
     assert "1009" in first["error"] and first["response_bytes"] == 4096
     assert second["close_code"] == 1000 and "error" not in second and second["request_messages"] == 2
@@ -110,5 +111,5 @@ def test_server_close_code_is_relayed_and_recorded(audited):
             return closed.value.rcvd.code if closed.value.rcvd else None
 
     assert asyncio.run(run()) == 4001
-    (record,) = records(audit, 1)
+    (record,) = wait_for_records(audit, 1)
     assert record["close_code"] == 4001 and record["closed_by"] == "server" and "4001" in record["error"]
