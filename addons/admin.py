@@ -2,7 +2,10 @@
 
 Served by a small asyncio server on mitmproxy's own event loop: nothing blocks it, and
 /readyz asks the TokenSource for a token exactly as a request would (single-flight,
-respecting backoff), so "ready" means a token is fresh or can be had right now.
+respecting backoff), so "ready" means a token is fresh or can be had right now — the ADC
+token, and one with each credential the routes name (an impersonation IAM refuses makes the
+proxy unready, with IAM's sentence as the reason, rather than 403 on every request). An ID
+token whose audience is each request's host is minted per host and not tried.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from addons import options
 from addons.audit_log import AuditLog
 from addons.metrics import Metrics
+from addons.routing import Routing
 from addons.same_user import Gate, admit_stream, is_loopback_host
-from addons.token_cache import TokenError
+from addons.token_cache import Token, TokenError
 from addons.token_source import TokenSource
+from addons.token_sources import TokenSources
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +74,11 @@ class Admin:
     own uid may connect, ``allow_uid`` being the SameUser addon's option)."""
 
     def __init__(self, tokens: TokenSource | None = None, audit: AuditLog | None = None,
-                 metrics: Metrics | None = None, gate: Gate | None = None) -> None:
+                 metrics: Metrics | None = None, gate: Gate | None = None,
+                 sources: TokenSources | None = None, routing: Routing | None = None) -> None:
         self.tokens = tokens
+        self.sources = sources  # with routing: the credentials routes name, tried by /readyz
+        self.routing = routing
         self.audit = audit
         self.metrics = metrics
         self.gate = gate or Gate()  # the proxy port's own, from the composition root
@@ -187,19 +195,38 @@ class Admin:
         if audit is not None and audit.broken:
             return _json(503, {"status": "unavailable",
                                "reason": f"the audit log cannot be written ({audit.broken})"})
-        fetch = asyncio.ensure_future(tokens.token())
-        fetch.add_done_callback(lambda f: f.cancelled() or f.exception())  # outcome read even after a timeout
-        try:
-            token = await asyncio.wait_for(asyncio.shield(fetch), READY_WAIT)
-        except TokenError as e:
-            return _json(503, {"status": "unavailable", "reason": str(e)})
-        except TimeoutError:
-            return _json(503, {"status": "unavailable",
-                               "reason": f"no token yet: fetching one took longer than {READY_WAIT:g}s"})
+        minted = self._route_credentials()
+        fetches = [_fetch(tokens), *(_fetch(source) for _, source in minted)]
+        done, _ = await asyncio.wait(fetches, timeout=READY_WAIT)
+        for i, fetch in enumerate(fetches):
+            what = "" if i == 0 else f"route {minted[i - 1][0]}: "
+            if fetch not in done:
+                return _json(503, {"status": "unavailable",
+                                   "reason": f"{what}no token yet: fetching one took longer than {READY_WAIT:g}s"})
+            if isinstance(fetch.exception(), TokenError):
+                return _json(503, {"status": "unavailable", "reason": f"{what}{fetch.exception()}"})
+        token: Token = fetches[0].result()
         payload: dict[str, Any] = {"status": "ready", "token_id": token.fingerprint}
         if token.expires_at is not None:
             payload["token_expires_in_s"] = int(token.expires_at - time.time())
+        if minted:
+            payload["routes"] = {name: fetch.result().fingerprint for (name, _), fetch in zip(minted, fetches[1:],
+                                                                                              strict=True)}
         return _json(200, payload)
+
+    def _route_credentials(self) -> list[tuple[str, TokenSource]]:
+        """(route name, token source) for each credential the routes name that one token stands for."""
+        if self.sources is None or self.routing is None:
+            return []
+        return [(m.route.name, self.sources.source_for(m.credential, m.host))
+                for m in self.routing.policy.minted_credentials() if not m.per_host]
+
+
+def _fetch(source: TokenSource) -> asyncio.Future[Token]:
+    """The source's token, asked as a request would; its outcome is read even after a timeout."""
+    fetch = asyncio.ensure_future(source.token())
+    fetch.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fetch
 
 
 # Loaded alone (-s): the admin endpoints see only themselves. The program wires them in

@@ -118,6 +118,7 @@ def build(*, observability: bool = True, proxyserver: Any = None) -> Components:
         streaming=Streaming(),
         audit_log=audit_log,
         metrics=metrics,
-        admin=(Admin(tokens=tokens, audit=audit_log, metrics=metrics, gate=same_user.gate)
+        admin=(Admin(tokens=tokens, audit=audit_log, metrics=metrics, gate=same_user.gate, sources=sources,
+                     routing=routing)
                if observability else None),
     )

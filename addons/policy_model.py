@@ -29,7 +29,7 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from addons import google_api, hosts
 from addons.google_api import ApiCall
@@ -190,6 +190,20 @@ class Decision:
         return self.rule.name if self.rule is not None else None
 
 
+# A wildcard ID-token route with the default audience mints per host; a check tries this label.
+EXAMPLE_LABEL = "example"
+
+
+class Minted(NamedTuple):
+    """A credential a route names. ``per_host``: an ID token whose audience is each request's host
+    under a wildcard, so ``host`` is only an example (``example.SUFFIX``)."""
+
+    route: Route
+    credential: Credential
+    host: str
+    per_host: bool
+
+
 @dataclass(frozen=True)
 class Policy:
     """Routes, rules and the default; ``routes`` in the order written (shorthand flags last)."""
@@ -319,6 +333,25 @@ class Policy:
 
     def intercepted_patterns(self) -> list[HostPattern]:
         return list(self.intercepted)
+
+    def minted_credentials(self) -> list[Minted]:
+        """Each distinct credential other than ADC and ``none``, with the first route naming it
+        (most specific first) and a host to mint for: what ``doctor`` and ``/readyz`` try."""
+        seen: set[tuple[Credential, str | None]] = set()
+        found = []
+        for route in self.ordered_routes():
+            credential = route.credential
+            if credential.kind in ("adc", "none"):
+                continue
+            pattern = route.hosts[0]
+            host = f"{EXAMPLE_LABEL}.{pattern.suffix}" if pattern.wildcard else pattern.suffix
+            audience = (credential.audience or f"https://{host}") if credential.kind == "id_token" else None
+            if (credential, audience) in seen:
+                continue
+            seen.add((credential, audience))
+            per_host = credential.kind == "id_token" and credential.audience is None and pattern.wildcard
+            found.append(Minted(route, credential, host, per_host))
+        return found
 
 
 class _Candidates:

@@ -13,38 +13,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from addons.hosts import HostPattern
 from addons.policy_model import Credential, Route
 from addons.resolve import ResolveRule
 from addons.token_cache import TokenError
 from proxy.doctor_entry import Entry, fail, ok
-
-# An ID-token route over a wildcard with the default audience mints per host; doctor tries this
-# label in its place (an ID token grant is for any audience the credential may name).
-EXAMPLE_LABEL = "example"
-
-
-def example_host(pattern: HostPattern) -> str:
-    """A host the pattern matches: itself, or ``example.SUFFIX`` for a wildcard."""
-    return f"{EXAMPLE_LABEL}.{pattern.suffix}" if pattern.wildcard else pattern.suffix
-
-
-def credentials_to_try(routes: Sequence[Route]) -> list[tuple[Route, Credential, str]]:
-    """Each distinct credential that mints something other than ADC, with the first route naming
-    it and a host to mint for (the audience of a default-audience ID token comes from it)."""
-    seen: set[tuple[Credential, str | None]] = set()
-    chosen = []
-    for route in routes:
-        credential = route.credential
-        if credential.kind in ("adc", "none"):
-            continue
-        host = example_host(route.hosts[0])
-        audience = (credential.audience or f"https://{host}") if credential.kind == "id_token" else None
-        if (credential, audience) in seen:
-            continue
-        seen.add((credential, audience))
-        chosen.append((route, credential, host))
-    return chosen
 
 
 def check_route_credentials(settings: Any, resolve_rules: Sequence[ResolveRule], ca_bundle: str | None,
@@ -54,21 +26,20 @@ def check_route_credentials(settings: Any, resolve_rules: Sequence[ResolveRule],
     from addons.policy_file import PolicyError
     from addons.routing import policy_from_options
     from addons.token_sources import TokenSources
+
     try:
         policy = policy_from_options(settings)
     except PolicyError as e:
         return [fail("routes", str(e), "fix the config file or flag the message names")]
-    routes = policy.ordered_routes()
-    rules = len(policy.rules)
-    entries = [ok("routes", f"{len(routes)} route(s), {rules} rule(s), default {policy.default}")]
-    chosen = credentials_to_try(routes)
+    entries = [ok("routes", f"{len(policy.routes)} route(s), {len(policy.rules)} rule(s), default {policy.default}")]
+    chosen = policy.minted_credentials()
     if not chosen:
         return entries
     sources = TokenSources()
     sources.set_routing(routing)
     sources.configure(list(settings.scopes), resolve_rules, ca_bundle)
     try:
-        for route, credential, host in chosen:
+        for route, credential, host, _per_host in chosen:  # a per-host audience: tried for example.SUFFIX
             entries.append(_try(sources, route, credential, host))
     finally:
         sources.close()

@@ -162,3 +162,27 @@ def test_admin_listen_is_loopback_unless_proxy_auth(value: str, proxy_auth: str 
     else:
         with pytest.raises(ProxyError, match="admin"):
             settings.from_sources(flags, environ={})
+
+
+TARGET = "ready-target@fake-project.iam.gserviceaccount.com"
+
+
+def test_readyz_needs_a_token_from_every_credential_the_routes_name(proxy_factory: Any, fake: FakeGoogle):
+    """With impersonation, the ADC token alone is not enough to serve: IAM must let it through."""
+    fake.add_service_account(TARGET)  # exists; nobody may impersonate it yet
+    pp = proxy_factory("--admin-listen", "127.0.0.1:0", "--impersonate-service-account", TARGET,
+                       "--id-token-host", "*.a.run.app", "--id-token-host", "hello.a.run.app")
+    pp.wait_for_line("token available")
+    admin = admin_url(pp)
+    refused = get(admin + "/readyz")
+    assert refused.status_code == 503, refused.text
+    reason = refused.json()["reason"]
+    assert reason.startswith("route ") and TARGET in reason and "roles/iam.serviceAccountTokenCreator" in reason
+    fake.grant_token_creator("demo-sa@fake-project.iam.gserviceaccount.com", TARGET)
+    ready = wait_until_ready(admin)
+    assert ready.status_code == 200, ready.text
+    routes = ready.json()["routes"]
+    # the exact host's ID token and the impersonated access token; the wildcard's audience is per host
+    assert set(routes) == {"--id-token-host hello.a.run.app", "--inject-host *.googleapis.com"}
+    assert all(fp.startswith("sha256:") for fp in routes.values())
+    assert routes["--inject-host *.googleapis.com"] != ready.json()["token_id"]  # not the ADC token

@@ -518,3 +518,23 @@ def test_decide_returns_the_first_matching_rule(rules, default, call):
         assert not first.api_methods
     if call.resource is None and first is not None:
         assert not first.resources
+
+
+def test_minted_credentials_are_distinct_and_say_which_are_per_host():
+    sa = Credential("impersonate", chain=("t@p.iam.gserviceaccount.com",))
+    routes = (
+        route("adc", "*.googleapis.com"),
+        route("none", "pypi.org", credential=NONE),
+        route("imp-a", "storage.googleapis.com", credential=sa),
+        route("imp-b", "bigquery.googleapis.com", credential=sa),  # the same credential: tried once
+        route("run-any", "*.a.run.app", credential=Credential("id_token")),
+        route("run-one", "hello.a.run.app", credential=Credential("id_token")),
+        route("iap", "*.example.com", credential=Credential("id_token", audience="123.apps.googleusercontent.com")),
+    )
+    minted = Policy(routes=routes).minted_credentials()
+    assert [(m.route.name, m.host, m.per_host) for m in minted] == [
+        ("run-one", "hello.a.run.app", False),
+        ("imp-a", "storage.googleapis.com", False),
+        ("run-any", "example.a.run.app", True),  # most specific first: a longer wildcard suffix
+        ("iap", "example.example.com", False),
+    ]
