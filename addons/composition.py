@@ -98,7 +98,7 @@ def build(*, observability: bool = True, proxyserver: Any = None) -> Components:
     google_auth = GoogleAuth(sources, routing, carried=upstream_proxy.carried)
     audit_log = AuditLog()
     same_user = SameUser(proxyserver=proxyserver)  # its gate also guards the admin endpoints
-    metrics = (Metrics(tokens=tokens, audit=audit_log, gate=same_user.gate, routing=routing)
+    metrics = (Metrics(tokens=tokens, audit=audit_log, gate=same_user.gate, routing=routing, sources=sources)
                if observability else None)
     return Components(
         same_user=same_user,

@@ -31,6 +31,7 @@ from addons.audit_log import (
 from addons.routing import Routing
 from addons.same_user import Gate
 from addons.token_source import TokenSource
+from addons.token_sources import TokenSources
 
 PREFIX = "gcp_auth_proxy"
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -57,26 +58,34 @@ def status_label(status: int | None) -> str:
 
 
 class _TokenCollector(Collector):
-    """Token cache state, read at scrape time from the GoogleAuth addon (no copy to go stale)."""
+    """Token cache state per credential, read at scrape time from the token sources (no copy to go
+    stale). ``credential``: ``adc``, or the description of a credential a route names; the sources
+    of one credential (an ID token per host) are summed, and usable only when all of them are."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Any]:
-        cache = self.metrics.token_cache()
-        fetches = CounterMetricFamily(f"{PREFIX}_token_refreshes", "Access tokens fetched successfully.")
-        failures = CounterMetricFamily(f"{PREFIX}_token_refresh_failures", "Failed attempts to fetch a token.")
+        labels = ["credential"]
+        fetches = CounterMetricFamily(f"{PREFIX}_token_refreshes", "Tokens fetched successfully.", labels=labels)
+        failures = CounterMetricFamily(f"{PREFIX}_token_refresh_failures", "Failed attempts to fetch a token.",
+                                       labels=labels)
         expiry = GaugeMetricFamily(
             f"{PREFIX}_token_expiry_seconds",
-            "Seconds until the cached token expires (absent while there is no usable token).",
+            "Seconds until the cached token expires (the soonest of a credential's; absent while one has "
+            "no usable token).", labels=labels,
         )
-        usable = GaugeMetricFamily(f"{PREFIX}_token_usable", "1 while a cached token can be served, else 0.")
-        token = cache.current() if cache is not None else None
-        fetches.add_metric([], cache.fetches if cache is not None else 0)
-        failures.add_metric([], cache.fetch_failures if cache is not None else 0)
-        usable.add_metric([], 1 if token is not None else 0)
-        if token is not None and token.expires_at is not None:
-            expiry.add_metric([], max(0.0, token.expires_at - time.time()))
+        usable = GaugeMetricFamily(f"{PREFIX}_token_usable", "1 while a cached token can be served, else 0.",
+                                   labels=labels)
+        now = time.time()
+        for name, caches in self.metrics.token_caches():
+            tokens = [c.current() if c is not None else None for c in caches]
+            fetches.add_metric([name], sum(c.fetches for c in caches if c is not None))
+            failures.add_metric([name], sum(c.fetch_failures for c in caches if c is not None))
+            usable.add_metric([name], 1 if all(t is not None for t in tokens) else 0)
+            expiries = [t.expires_at for t in tokens if t is not None and t.expires_at is not None]
+            if expiries and all(t is not None for t in tokens):
+                expiry.add_metric([name], max(0.0, min(expiries) - now))
         yield from (fetches, failures, expiry, usable)
 
 
@@ -102,8 +111,10 @@ class Metrics:
     audit log counts as writable, no refusals)."""
 
     def __init__(self, tokens: TokenSource | None = None, audit: AuditLog | None = None,
-                 gate: Gate | None = None, routing: Routing | None = None) -> None:
+                 gate: Gate | None = None, routing: Routing | None = None,
+                 sources: TokenSources | None = None) -> None:
         self.tokens = tokens
+        self.sources = sources  # every credential's token source (tokens is the ADC one among them)
         self.audit = audit
         self.routing = routing  # the hosts routes intercept label requests (else --inject-host's)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -147,8 +158,11 @@ class Metrics:
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
 
-    def token_cache(self) -> Any:
-        return self.tokens.cache if self.tokens is not None else None
+    def token_caches(self) -> list[tuple[str, list[Any]]]:
+        """(credential label, its token caches); ADC alone without the sources, nothing loaded alone."""
+        if self.sources is not None:
+            return [(name, [s.cache for s in group]) for name, group in self.sources.by_credential()]
+        return [("adc", [self.tokens.cache])] if self.tokens is not None else []
 
     def _audit_writable(self) -> float:
         return 0.0 if self.audit is not None and self.audit.broken else 1.0

@@ -71,6 +71,15 @@ class TokenSources:
     def sources(self) -> list[TokenSource]:
         return [self.adc, *self._sources.values()]
 
+    def by_credential(self) -> list[tuple[str, list[TokenSource]]]:
+        """The sources made so far, grouped by the credential a route names: ``adc``, then each
+        other credential's description (an ID token per host counts once, as
+        ``ID token for audience https://HOST ...``). Metric labels: as many as the config has."""
+        groups: dict[str, list[TokenSource]] = {"adc": [self.adc]}
+        for (credential, _audience), source in self._sources.items():
+            groups.setdefault(credential.describe(), []).append(source)
+        return list(groups.items())
+
     def _factory(self, credential: Credential, audience: str | None) -> Any:
         adc = self.adc
 

@@ -18,6 +18,9 @@ from tests.proxyproc import ProxyProcess
 _ADMIN = re.compile(r"admin endpoints on http://127\.0\.0\.1:(\d+)")
 
 
+ADC = frozenset({("credential", "adc")})  # the token metrics' label for the ADC source
+
+
 def admin_url(pp: ProxyProcess) -> str:
     match = _ADMIN.search(pp.wait_for_line("admin endpoints on"))
     assert match
@@ -96,10 +99,10 @@ def test_metrics_count_what_was_sent(admin_proxy: tuple[ProxyProcess, str], fake
     assert value("gcp_auth_proxy_request_duration_seconds_count", service="storage") == 4
     assert value("gcp_auth_proxy_body_bytes_total", service="storage", direction="sent") == len(body)
     assert value("gcp_auth_proxy_body_bytes_total", service="storage", direction="received") > 0
-    assert value("gcp_auth_proxy_token_refreshes_total") == 1
-    assert value("gcp_auth_proxy_token_refresh_failures_total") == 0
-    assert 3000 < value("gcp_auth_proxy_token_expiry_seconds") <= 3600
-    assert value("gcp_auth_proxy_token_usable") == 1
+    assert value("gcp_auth_proxy_token_refreshes_total", credential="adc") == 1
+    assert value("gcp_auth_proxy_token_refresh_failures_total", credential="adc") == 0
+    assert 3000 < value("gcp_auth_proxy_token_expiry_seconds", credential="adc") <= 3600
+    assert value("gcp_auth_proxy_token_usable", credential="adc") == 1
     assert value("gcp_auth_proxy_audit_log_writable") == 1
     assert value("gcp_auth_proxy_active_connections") >= 1  # this session's tunnel is still open
     s.close()
@@ -114,13 +117,13 @@ def test_readyz_flips_when_the_token_endpoint_fails_and_recovers(proxy_factory: 
     assert r.status_code == 503
     assert r.json()["status"] == "unavailable" and "token endpoint" in r.json()["reason"]
     assert get(admin + "/healthz").status_code == 200  # alive, just not ready
-    failures = samples(admin)[("gcp_auth_proxy_token_refresh_failures_total", frozenset())]
+    failures = samples(admin)[("gcp_auth_proxy_token_refresh_failures_total", ADC)]
     assert failures >= 1
     fake.set_token_failure(None)
     r = wait_until_ready(admin)
     assert r.status_code == 200, r.text
     pp.wait_for_line("token available again")
-    assert samples(admin)[("gcp_auth_proxy_token_usable", frozenset())] == 1
+    assert samples(admin)[("gcp_auth_proxy_token_usable", ADC)] == 1
 
 
 def test_readyz_reports_a_broken_audit_log(proxy_factory: Any):
@@ -186,3 +189,11 @@ def test_readyz_needs_a_token_from_every_credential_the_routes_name(proxy_factor
     assert set(routes) == {"--id-token-host hello.a.run.app", "--inject-host *.googleapis.com"}
     assert all(fp.startswith("sha256:") for fp in routes.values())
     assert routes["--inject-host *.googleapis.com"] != ready.json()["token_id"]  # not the ADC token
+    # Token metrics per credential: ADC, the impersonation (its refusals counted), the ID tokens.
+    m = samples(admin)
+    impersonated = frozenset({("credential", f"impersonate {TARGET}")})
+    assert m[("gcp_auth_proxy_token_usable", ADC)] == m[("gcp_auth_proxy_token_usable", impersonated)] == 1
+    assert m[("gcp_auth_proxy_token_refreshes_total", impersonated)] == 1
+    assert m[("gcp_auth_proxy_token_refresh_failures_total", impersonated)] >= 1
+    credentials = {dict(labels)["credential"] for name, labels in m if name == "gcp_auth_proxy_token_usable"}
+    assert credentials == {"adc", f"impersonate {TARGET}", f"ID token for audience https://HOST as {TARGET}"}
