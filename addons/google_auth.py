@@ -186,7 +186,7 @@ class GoogleAuth:
                 del flow.request.headers["authorization"]
         if id_token:
             flow.request.headers.pop("x-serverless-authorization", None)  # ours, or none at all
-        source = self.sources.source_for(route.credential, host)
+        source = self.sources.source_for(route.credential, host, flow.request.path)
         try:
             token = await source.token()
         except TokenError as e:

@@ -57,14 +57,6 @@ def validate_audience(text: str) -> str:
     return value
 
 
-def default_audience(host: str) -> str:
-    """``https://HOST``: what Cloud Run and Cloud Functions expect when no audience is configured."""
-    host = host.lower().rstrip(".")
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"  # a bare IPv6 address
-    return f"https://{host}"
-
-
 def id_token_credentials(base: object | None, audience: str, *, source_token: Callable[[], str] | None = None,
                          chain: Sequence[str] = (), include_email: bool = True) -> Any:
     """Credentials whose ``token`` is an ID token for ``audience``, made from ``base`` (the ADC).

@@ -79,8 +79,9 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SA[,SA...]", commands=PROXY | {"doctor"}),
     Option("id_token_host", "list", [],
            "hosts that get an ID token instead of an access token (repeatable): Cloud Run "
-           "(*.run.app), Cloud Functions, IAP. AUDIENCE defaults to https://HOST; for IAP give the "
-           "OAuth client id. A client's own Authorization is kept and the ID token goes in "
+           "(*.run.app), Cloud Functions, IAP. AUDIENCE defaults to https://HOST (for "
+           "*.cloudfunctions.net the function URL, https://HOST/FUNCTION); for IAP give the OAuth "
+           "client id. A client's own Authorization is kept and the ID token goes in "
            "X-Serverless-Authorization", metavar="PATTERN[=AUDIENCE]", commands=PROXY | {"doctor"}),
     Option("default_deny", "bool", False,
            "refuse every call no [[rule]] allows (the config file's default = \"deny\"), and every "

@@ -69,8 +69,9 @@ class Credential:
     def injects(self) -> bool:
         return self.kind != "none"
 
-    def describe(self) -> str:
-        """One phrase for ``policy check`` and log lines."""
+    def describe(self, host: str | None = None, path: str = "/") -> str:
+        """One phrase for ``policy check`` and log lines; with ``host`` (and ``path``), the audience
+        a default-audience ID token takes for that request instead of ``https://HOST``."""
         if self.kind == "adc":
             return "ADC (Application Default Credentials)"
         if self.kind == "none":
@@ -79,7 +80,7 @@ class Credential:
             return f"impersonate {_chain_text(self.chain)}"
         if self.kind == "key_file":
             return f"key file {self.key_file}"
-        audience = self.audience or "https://HOST"
+        audience = self.audience or (default_audience(host, path) if host else "https://HOST")
         via = f" as {_chain_text(self.chain)}" if self.chain else " with ADC"
         return f"ID token for audience {audience}{via}"
 
@@ -192,6 +193,31 @@ class Decision:
 
 # A wildcard ID-token route with the default audience mints per host; a check tries this label.
 EXAMPLE_LABEL = "example"
+FUNCTIONS_SUFFIX = ".cloudfunctions.net"
+
+
+def audience_varies_by_path(host: str) -> bool:
+    """A default ID-token audience here depends on the request's path: a Cloud Function's URL
+    (``https://HOST/FUNCTION``) is its audience (``default_audience``)."""
+    return host.lower().rstrip(".").endswith(FUNCTIONS_SUFFIX)
+
+
+_FUNCTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+
+
+def default_audience(host: str, path: str = "/") -> str:
+    """What the service expects when no audience is configured: ``https://HOST`` for Cloud Run;
+    for Cloud Functions (``REGION-PROJECT.cloudfunctions.net/FUNCTION``) the function's URL,
+    ``https://HOST/FUNCTION`` — Google's samples: "For Cloud Functions, endpoint and audience are
+    the same" — so each function gets its own token."""
+    host = host.lower().rstrip(".")
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # a bare IPv6 address
+    if audience_varies_by_path(host):
+        function = path.partition("?")[0].lstrip("/").partition("/")[0]
+        if _FUNCTION_NAME.fullmatch(function):
+            return f"https://{host}/{function}"
+    return f"https://{host}"
 
 
 class Minted(NamedTuple):
@@ -349,7 +375,8 @@ class Policy:
             if (credential, audience) in seen:
                 continue
             seen.add((credential, audience))
-            per_host = credential.kind == "id_token" and credential.audience is None and pattern.wildcard
+            per_host = credential.kind == "id_token" and credential.audience is None and (
+                pattern.wildcard or audience_varies_by_path(pattern.suffix))
             found.append(Minted(route, credential, host, per_host))
         return found
 

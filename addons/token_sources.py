@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from addons.credentials import load_credentials, principal
-from addons.id_tokens import default_audience
-from addons.policy_model import Credential
+from addons.policy_model import Credential, default_audience
 from addons.resolve import ResolveRule
 from addons.token_source import TokenSource
 from addons.upstream_proxy import Routing
 
-# ID tokens for a wildcard route with the default audience (https://HOST) get one source per
-# host; past this many, the least recently used is dropped (its token is simply minted again).
+# ID tokens for a wildcard route with the default audience (https://HOST, or a Cloud Function's
+# URL) get one source per audience; past this many, the least recently used is dropped (its token
+# is simply minted again).
 MAX_SOURCES = 1024
 
 
@@ -48,11 +48,12 @@ class TokenSources:
         for source in self._sources.values():
             source.close()
 
-    def source_for(self, credential: Credential, host: str) -> TokenSource:
-        """The source for this credential (and, for ID tokens, this request's audience)."""
+    def source_for(self, credential: Credential, host: str, path: str = "/") -> TokenSource:
+        """The source for this credential (and, for ID tokens, this request's audience: for a Cloud
+        Function the path names it)."""
         if credential.kind == "adc":
             return self.adc
-        audience = (credential.audience or default_audience(host)) if credential.kind == "id_token" else None
+        audience = (credential.audience or default_audience(host, path)) if credential.kind == "id_token" else None
         key = (credential, audience)
         source = self._sources.get(key)
         if source is not None:

@@ -1,4 +1,5 @@
-"""ASGI app for a Cloud Run-like TLS origin serving every ``*.a.run.app`` host.
+"""ASGI app for a Cloud Run-like TLS origin serving every ``*.a.run.app`` host (and, with the
+audience rule of 1st-gen Cloud Functions, every ``*.cloudfunctions.net`` host).
 
 Like Cloud Run's front end it wants a Google-signed ID token: from ``X-Serverless-Authorization:
 Bearer`` when that header is present (then ``Authorization`` reaches the app untouched), else from
@@ -76,7 +77,7 @@ class CloudRunApp(App):
         if token is None:
             return forbidden(path)
         try:
-            claims = self.state.id_tokens.verify(token, self.state.run.audiences_for(host))
+            claims = self.state.id_tokens.verify(token, self.state.run.audiences_for(host, path))
         except ValueError:
             return unauthorized(path)
         invokers = self.state.run.invokers_for(host)

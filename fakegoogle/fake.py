@@ -28,7 +28,7 @@ from .tokens import TokenStore
 
 GOOGLE_HOSTNAMES = ["*.googleapis.com", "googleapis.com"]
 OTHER_HOSTNAMES = ["www.example.test", "example.test", "grpc.example.test"]
-RUN_HOSTNAMES = ["*.a.run.app"]
+RUN_HOSTNAMES = ["*.a.run.app", "*.cloudfunctions.net"]
 
 
 class FakeGoogle:

@@ -48,7 +48,7 @@ def check_route_credentials(settings: Any, resolve_rules: Sequence[ResolveRule],
 
 def _try(sources: Any, route: Route, credential: Credential, host: str) -> Entry:
     check = f"route {route.name}"
-    what = credential.describe().replace("https://HOST", f"https://{host}")
+    what = credential.describe(host)
     source = sources.source_for(credential, host)
     source.cache.on_change = None  # the entry says it; no log line as well
     started = time.monotonic()

@@ -152,7 +152,7 @@ class Explanation:
     def as_json(self) -> dict[str, Any]:
         def route_json(route: Route) -> dict[str, Any]:
             return {"name": route.name, "origin": route.origin, "credential": route.credential.label,
-                    "credential_description": route.credential.describe()}
+                    "credential_description": route.credential.describe(self.call.host, self.call.path)}
 
         rule = self.decision.rule
         return {
@@ -253,7 +253,7 @@ def render_explanation(result: Explanation) -> str:
     else:
         out.append(f"route: {result.route.name} ({result.route.origin or 'flag'}): {result.why_route}")
         out += [f"  also matched: {r.name} ({r.origin or 'flag'})" for r in result.others]
-        out.append(f"credential: {result.route.credential.describe()}")
+        out.append(f"credential: {result.route.credential.describe(call.host, call.path)}")
     out.append(f"decision: {result.decision.action}: {result.decision.reason}")
     return "\n".join(out) + "\n"
 

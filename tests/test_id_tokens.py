@@ -22,9 +22,10 @@ import pytest
 from google.auth import compute_engine, impersonated_credentials
 from google.oauth2 import service_account
 
-from addons.id_tokens import default_audience, id_token_credentials, validate_audience
+from addons.id_tokens import id_token_credentials, validate_audience
 from addons.impersonation import ID_PERMISSION, ImpersonatedIdTokenCredentials
 from addons.key_files import KeyFileError, check_key_file, load_key_file
+from addons.policy_model import default_audience
 from addons.token_cache import TokenError
 from tests.test_impersonation import Response, StubRequest, make_jwt
 
@@ -71,7 +72,21 @@ def test_validate_audience_refuses_anything_else_in_one_sentence(text: str) -> N
 
 def test_default_audience_is_the_https_origin() -> None:
     assert default_audience("Hello-ABC.a.run.app.") == "https://hello-abc.a.run.app"
+    assert default_audience("Hello-ABC.a.run.app", "/greet/x?y=1") == "https://hello-abc.a.run.app"
     assert default_audience("::1") == "https://[::1]"
+
+
+@pytest.mark.parametrize("path, audience", [
+    ("/hello", "https://r-p.cloudfunctions.net/hello"),
+    ("/hello/sub/path?x=1", "https://r-p.cloudfunctions.net/hello"),
+    ("/hello_World-2?x", "https://r-p.cloudfunctions.net/hello_World-2"),
+    ("/", "https://r-p.cloudfunctions.net"),  # no function named: the origin
+    ("/%68ello", "https://r-p.cloudfunctions.net"),  # not a function name: never a made-up audience
+    ("/2fast", "https://r-p.cloudfunctions.net"),
+    ("/../x", "https://r-p.cloudfunctions.net"),
+])
+def test_a_cloud_functions_default_audience_is_the_function_url(path: str, audience: str) -> None:
+    assert default_audience("R-P.cloudfunctions.net.", path) == audience
 
 
 # -- which credentials mint ID tokens ------------------------------------------------------------------

@@ -100,6 +100,19 @@ def test_id_tokens_are_cached_per_audience(proxy_factory: ProxyFactory, fake: Fa
     assert fake.token_requests_to("oauth2_id_token") - before == 2  # one per audience, however concurrent
 
 
+def test_each_cloud_function_gets_an_id_token_for_its_own_url(proxy_factory: ProxyFactory, fake: FakeGoogle) -> None:
+    """A 1st-gen Cloud Function accepts only its function URL as audience, not https://HOST."""
+    before = fake.token_requests_to("oauth2_id_token")
+    proxy = proxy_factory("--resolve", "*.cloudfunctions.net={}:{}".format(*fake.run_addr),
+                          "--id-token-host", "*.cloudfunctions.net")
+    session = session_via(proxy)
+    base = "https://us-central1-fake-project.cloudfunctions.net"
+    answers = [session.get(base + path, timeout=20) for path in ("/hello", "/hello/sub?x=1", "/goodbye", "/hello")]
+    assert [a.status_code for a in answers] == [200] * 4, answers[0].text
+    assert [a.json()["aud"] for a in answers] == [base + "/hello", base + "/hello", base + "/goodbye", base + "/hello"]
+    assert fake.token_requests_to("oauth2_id_token") - before == 2  # one per function
+
+
 def test_the_clients_own_authorization_reaches_the_app(proxy_factory: ProxyFactory, fake: FakeGoogle) -> None:
     proxy = proxy_factory(*run_resolve(fake), "--id-token-host", "*.a.run.app")
     answer = session_via(proxy).get(RUN_URL, headers={"Authorization": "Bearer app-level-token"}, timeout=20)
