@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import socket
@@ -152,6 +153,15 @@ def test_policy_example_passes_policy_check() -> None:
     assert "warning" not in out.stdout.lower(), out.stdout
     for name in ("google-apis", "report-service", "no-deletes", "read-logs", "write-reports", "pypi"):
         assert name in out.stdout
+    decisions = {}
+    for url in ("https://pypi.org/simple/", "https://pypi.org:22/"):  # HTTPS to the index, and only that
+        explained = subprocess.run([sys.executable, "-m", "proxy", "policy", "explain", "--json", "--config",
+                                    str(EXAMPLES / "policy.toml"), "GET", url], cwd=ROOT, env=base_env(),
+                                   capture_output=True, text=True, timeout=60, check=False)
+        assert explained.returncode == 0, explained.stderr
+        decisions[url] = json.loads(explained.stdout)["decision"]
+    assert decisions["https://pypi.org/simple/"]["action"] == "allow"
+    assert decisions["https://pypi.org:22/"]["action"] == "deny"
 
 
 def test_policy_example_allows_the_job_and_nothing_else(proxy_factory, fake: FakeGoogle, tmp_path: Path) -> None:
