@@ -156,7 +156,8 @@ class Explanation:
 
         rule = self.decision.rule
         return {
-            "method": self.method, "url": self.url, "host": self.call.host, "path": self.call.path,
+            "method": self.method, "url": self.url, "host": self.call.host, "port": self.call.port,
+            "path": self.call.path,
             "proxy_user": self.call.proxy_user, "intercepted": self.intercepted, "service": self.service,
             "api_method": self.call.api_method, "resource": self.call.resource,
             "route": route_json(self.route) if self.route else None, "why_route": self.why_route,

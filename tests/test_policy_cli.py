@@ -217,7 +217,7 @@ def test_explain_json(capsys, config, htpasswd):
     code, out, _ = explain(capsys, config, htpasswd, "--json", "GET", f"{STORAGE}/b/logs-1/o/a.txt")
     assert code == ExitStatus.OK
     data = json.loads(out)
-    assert data["api_method"] == "storage.objects.get"
+    assert data["api_method"] == "storage.objects.get" and (data["host"], data["port"]) == ("storage.googleapis.com", 443)
     assert data["route"]["name"] == "logs-reader" and data["route"]["credential"] == "impersonated"
     assert [r["name"] for r in data["other_matching_routes"]] == ["--inject-host *.googleapis.com"]
     assert data["decision"] == {"action": "allow", "rule": "read-logs", "origin": f"{config}:20",
