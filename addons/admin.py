@@ -195,7 +195,10 @@ class Admin:
         if audit is not None and audit.broken:
             return _json(503, {"status": "unavailable",
                                "reason": f"the audit log cannot be written ({audit.broken})"})
-        minted = self._route_credentials()
+        try:
+            minted = self._route_credentials()
+        except TokenError as e:  # over the new-audience budget: not ready for those routes yet
+            return _json(503, {"status": "unavailable", "reason": str(e)})
         fetches = [_fetch(tokens), *(_fetch(source) for _, source in minted)]
         done, _ = await asyncio.wait(fetches, timeout=READY_WAIT)
         for i, fetch in enumerate(fetches):

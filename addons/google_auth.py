@@ -186,15 +186,15 @@ class GoogleAuth:
                 del flow.request.headers["authorization"]
         if id_token:
             flow.request.headers.pop("x-serverless-authorization", None)  # ours, or none at all
-        source = self.sources.source_for(route.credential, host, flow.request.path)
         try:
+            source = self.sources.source_for(route.credential, host, flow.request.path)
             token = await source.token()
         except TokenError as e:
             meta["auth"] = "failed"
             meta["error"] = str(e)
             what = "an ID token" if id_token else "a Google access token"
             flow.response = error_response(
-                403 if e.reason in _REFUSALS else 502,
+                403 if e.reason in _REFUSALS else 429 if e.reason == "too_many_audiences" else 502,
                 f"gcp-auth-proxy could not get {what} for this request: {e}", e.reason, request=flow.request,
             )
             return

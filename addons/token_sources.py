@@ -10,13 +10,15 @@ impersonated credentials use it. Every source fetches through the same transport
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from addons.credentials import load_credentials, principal
 from addons.policy_model import Credential, default_audience
 from addons.resolve import ResolveRule
+from addons.token_cache import TokenError
 from addons.token_source import TokenSource
 from addons.upstream_proxy import Routing
 
@@ -24,11 +26,39 @@ from addons.upstream_proxy import Routing
 # URL) get one source per audience; past this many, the least recently used is dropped (its token
 # is simply minted again).
 MAX_SOURCES = 1024
+# New ID-token audiences a client can make the proxy mint for (a fresh *.a.run.app host or Cloud
+# Function name each): a bucket of this many, refilled at this rate. Past it a request gets 429
+# rather than a token grant: a client spraying names must not drive the token endpoint (the
+# metadata server rate-limits at ~50 token queries a second, ADC's included) for everyone.
+NEW_AUDIENCE_BURST = 100
+NEW_AUDIENCES_PER_SECOND = 10.0
+
+
+class AudienceBudget:
+    """A token bucket for new ID-token audiences (``clock`` injectable for tests)."""
+
+    def __init__(self, burst: int | None = None, rate: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = NEW_AUDIENCE_BURST if burst is None else burst
+        self.rate = NEW_AUDIENCES_PER_SECOND if rate is None else rate
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 class TokenSources:
-    def __init__(self, adc: TokenSource | None = None) -> None:
+    def __init__(self, adc: TokenSource | None = None, budget: AudienceBudget | None = None) -> None:
         self.adc = adc if adc is not None else TokenSource(label="adc")
+        self.budget = budget if budget is not None else AudienceBudget()
         self._sources: OrderedDict[tuple[Credential, str | None], TokenSource] = OrderedDict()
         self._configured: tuple[Sequence[str], Sequence[ResolveRule], str | None] | None = None
         self.routing = Routing()
@@ -50,7 +80,11 @@ class TokenSources:
 
     def source_for(self, credential: Credential, host: str, path: str = "/") -> TokenSource:
         """The source for this credential (and, for ID tokens, this request's audience: for a Cloud
-        Function the path names it)."""
+        Function the path names it).
+
+        Raises:
+            TokenError: reason ``too_many_audiences`` when a new ID-token audience is over budget.
+        """
         if credential.kind == "adc":
             return self.adc
         audience = (credential.audience or default_audience(host, path)) if credential.kind == "id_token" else None
@@ -59,6 +93,10 @@ class TokenSources:
         if source is not None:
             self._sources.move_to_end(key)
             return source
+        if audience is not None and not self.budget.take():
+            raise TokenError(f"too many new ID-token audiences at once (more than {self.budget.burst}, then "
+                             f"{self.budget.rate:g} a second); {audience} was not minted, retry shortly",
+                             "too_many_audiences")
         source = TokenSource(self._factory(credential, audience), label=_label(credential, audience))
         source.routing = self.routing
         assert self._configured is not None, "configure() first"

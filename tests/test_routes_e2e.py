@@ -9,7 +9,10 @@ import concurrent.futures
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 from fakegoogle import FakeGoogle
 from fakegoogle.tokens import bearer_token
@@ -111,6 +114,32 @@ def test_each_cloud_function_gets_an_id_token_for_its_own_url(proxy_factory: Pro
     assert [a.status_code for a in answers] == [200] * 4, answers[0].text
     assert [a.json()["aud"] for a in answers] == [base + "/hello", base + "/hello", base + "/goodbye", base + "/hello"]
     assert fake.token_requests_to("oauth2_id_token") - before == 2  # one per function
+
+
+def test_a_client_spraying_new_audiences_gets_429_not_a_grant_each(proxy_factory: ProxyFactory, fake: FakeGoogle,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each new *.a.run.app name is a new audience and a token grant; past the budget (100 at once,
+    then 10 a second; 5 and 0.5 here, so that this machine can outrun it) a request gets 429."""
+    from addons import token_sources
+
+    monkeypatch.setattr(token_sources, "NEW_AUDIENCE_BURST", 5)
+    monkeypatch.setattr(token_sources, "NEW_AUDIENCES_PER_SECOND", 0.5)
+    before = fake.token_requests_to("oauth2_id_token")
+    proxy = proxy_factory(*run_resolve(fake), "--id-token-host", "*.a.run.app")  # in this process: patched
+    session = session_via(proxy)
+    session.proxies["http"] = session.proxies["https"]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:  # plain http://: upgraded to TLS upstream
+        answers = list(pool.map(lambda i: session.get(f"http://s{i}-abc.a.run.app/", timeout=20), range(30)))
+    elapsed = time.monotonic() - started
+    statuses = [a.status_code for a in answers]
+    grants = fake.token_requests_to("oauth2_id_token") - before
+    assert grants == statuses.count(200) <= 5 + 0.5 * elapsed + 1, (elapsed, statuses)
+    assert statuses.count(429) == 30 - grants
+    refused = next(a for a in answers if a.status_code == 429).json()["error"]
+    assert refused["status"] == "RESOURCE_EXHAUSTED" and "too many new ID-token audiences" in refused["message"]
+    allowed = next(i for i, a in enumerate(answers) if a.status_code == 200)
+    assert session.get(f"http://s{allowed}-abc.a.run.app/", timeout=20).status_code == 200  # a known one: no budget
 
 
 def test_the_clients_own_authorization_reaches_the_app(proxy_factory: ProxyFactory, fake: FakeGoogle) -> None:
