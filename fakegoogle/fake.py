@@ -335,6 +335,11 @@ class FakeGoogle:
     def requests(self) -> list[RecordedRequest]:
         return self._state.log.snapshot()
 
+    def wait_for_requests(self, path_prefix: str, count: int = 1, timeout: float = 20.0) -> list[RecordedRequest]:
+        """The recorded requests whose path starts with ``path_prefix``, once there are ``count``
+        (a request is recorded when the fake answers it); fewer after ``timeout``."""
+        return self._state.log.wait_for(lambda r: r.path.startswith(path_prefix), count, timeout)
+
     def clear_requests(self) -> None:
         self._state.log.clear()
         self._state.metadata_requests.clear()

@@ -90,6 +90,13 @@ class Request:
         async for _ in self.stream():
             pass
 
+    async def disconnected(self) -> None:
+        """Return once the client has gone (call after the body is read): a long poll ends then,
+        as a server would, instead of answering nobody later."""
+        await self.drain()
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
 
 @dataclass
 class Response:

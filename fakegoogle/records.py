@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -31,6 +32,7 @@ class RequestLog:
 
     def __init__(self, max_records: int = 100_000) -> None:
         self._lock = threading.Lock()
+        self._added = threading.Condition(self._lock)
         self._items: deque[RecordedRequest] = deque(maxlen=max_records)
         self.total = 0
         self.without_valid_token = 0
@@ -41,6 +43,19 @@ class RequestLog:
             self.total += 1
             if not record.token_valid:
                 self.without_valid_token += 1
+            self._added.notify_all()
+
+    def wait_for(self, matches: Callable[[RecordedRequest], bool], count: int, timeout: float) -> list[RecordedRequest]:
+        """The stored records ``matches`` accepts, once there are ``count`` (or what there is after ``timeout``)."""
+        with self._added:
+            found: list[RecordedRequest] = []
+
+            def seen() -> bool:
+                found[:] = [r for r in self._items if matches(r)]
+                return len(found) >= count
+
+            self._added.wait_for(seen, timeout)
+            return found
 
     def snapshot(self) -> list[RecordedRequest]:
         with self._lock:

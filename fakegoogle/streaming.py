@@ -25,7 +25,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from .http import Receive, Request, Response, Scope, Send, google_error, host_name, json_response
@@ -68,7 +68,8 @@ async def aiplatform(request: Request, state: SharedState) -> Response | None:
                                    "fake": {"bytes": request.body_bytes, "chunks": chunks}})
     if request.method == "POST" and (m := OPERATION_WAIT.match(request.raw_path)):
         await request.drain()
-        return await operation_wait(request.raw_path.removesuffix(":wait"), request.query, state.stopping)
+        return await operation_wait(request.raw_path.removesuffix(":wait"), request.query, state.stopping,
+                                    request.disconnected())
     return None
 
 
@@ -108,15 +109,23 @@ def parse_duration(text: str) -> float | None:
     return float(m[1]) if m else None
 
 
-async def operation_wait(name: str, query: dict[str, str], stopping: threading.Event) -> Response:
-    seconds = parse_duration(query.get("timeout", "0s"))
-    if seconds is None:
-        return google_error(400, "timeout must be a duration such as 20s.", "invalid")
-    start = time.monotonic()
-    deadline = start + min(seconds, MAX_WAIT_SECONDS)
-    while time.monotonic() < deadline and not stopping.is_set():
-        await asyncio.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
-    waited = round(time.monotonic() - start, 3)
+async def operation_wait(name: str, query: dict[str, str], stopping: threading.Event,
+                         disconnected: Coroutine[Any, Any, None] | None = None) -> Response:
+    """Answer after ``timeout``; sooner when the fake stops or the client goes (``disconnected``):
+    a request the client gave up on is then recorded at once, not long after the test ended."""
+    gone = asyncio.ensure_future(disconnected) if disconnected is not None else None
+    try:
+        seconds = parse_duration(query.get("timeout", "0s"))
+        if seconds is None:
+            return google_error(400, "timeout must be a duration such as 20s.", "invalid")
+        start = time.monotonic()
+        deadline = start + min(seconds, MAX_WAIT_SECONDS)
+        while time.monotonic() < deadline and not stopping.is_set() and not (gone and gone.done()):
+            await asyncio.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+        waited = round(time.monotonic() - start, 3)
+    finally:
+        if gone is not None:
+            gone.cancel()
     return json_response(200, {"name": name.lstrip("/").removeprefix("v1/"), "done": True,
                                "response": {"@type": "type.googleapis.com/google.protobuf.Empty"},
                                "fake": {"waited_s": waited}})

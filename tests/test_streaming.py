@@ -23,6 +23,7 @@ from tests.audit_records import wait_for_records
 from tests.conftest import ProxyFactory
 from tests.proxyproc import RunningProxy
 from tests.streaming_clients import (
+    AIPLATFORM,
     SSE_URL,
     UPLOAD_URL,
     WAIT_URL,
@@ -195,7 +196,8 @@ def test_long_poll_of_20_s_is_not_cut_by_any_proxy_timeout(proxy: RunningProxy):
     assert time.monotonic() - started >= 20
 
 
-def test_http2_client_gets_the_same_json_504_as_http1_on_a_read_timeout(proxy_factory: ProxyFactory):
+def test_http2_client_gets_the_same_json_504_as_http1_on_a_read_timeout(proxy_factory: ProxyFactory,
+                                                                        fake: FakeGoogle):
     pp = proxy_factory("--read-timeout", "1")
     pp.wait_for_line("token available")
     answers = {}
@@ -207,6 +209,8 @@ def test_http2_client_gets_the_same_json_504_as_http1_on_a_read_timeout(proxy_fa
         answers[http2] = r.json()["error"]
     assert answers[True] == answers[False]
     assert answers[True]["status"] == "DEADLINE_EXCEEDED" and "no answer within 1 s" in answers[True]["message"]
+    # Both upstream connections were closed: the fake ended both long polls at once, not 30 s later.
+    assert len(fake.wait_for_requests(WAIT_URL.removeprefix(AIPLATFORM), count=2)) == 2
 
 
 # -- request bodies ----------------------------------------------------------------------------------------

@@ -459,6 +459,9 @@ def test_read_timeout_cuts_a_tunnelled_connection_too(proxy_factory: ProxyFactor
     error = r.json()["error"]
     assert error["status"] == "DEADLINE_EXCEEDED" and "no answer within 1 s" in error["message"]
     assert authority(fake.googleapis_addr) in [a.authority for a in upstream.asked if a.relayed]
+    # The upstream connection was closed: the fake saw its client go and ended the long poll now
+    # (not 30 s later, inside whichever test runs next).
+    assert len(fake.wait_for_requests("/v1/projects/p/locations/us-central1/operations/op-1:wait")) == 1
 
 
 def test_bypass_is_decided_on_the_connect_target_for_every_connection_of_a_tunnel() -> None:
