@@ -199,22 +199,22 @@ class Admin:
             minted = self._route_credentials()
         except TokenError as e:  # over the new-audience budget: not ready for those routes yet
             return _json(503, {"status": "unavailable", "reason": str(e)})
-        fetches = [_fetch(tokens), *(_fetch(source) for _, source in minted)]
-        done, _ = await asyncio.wait(fetches, timeout=READY_WAIT)
-        for i, fetch in enumerate(fetches):
-            what = "" if i == 0 else f"route {minted[i - 1][0]}: "
+        # ADC first (its failure is the one to report), then each route's credential, all at once.
+        asked = [("", _fetch(tokens)), *((f"route {name}: ", _fetch(source)) for name, source in minted)]
+        done, _ = await asyncio.wait([fetch for _, fetch in asked], timeout=READY_WAIT)
+        for what, fetch in asked:
             if fetch not in done:
                 return _json(503, {"status": "unavailable",
                                    "reason": f"{what}no token yet: fetching one took longer than {READY_WAIT:g}s"})
             if isinstance(fetch.exception(), TokenError):
                 return _json(503, {"status": "unavailable", "reason": f"{what}{fetch.exception()}"})
-        token: Token = fetches[0].result()
+        token: Token = asked[0][1].result()
         payload: dict[str, Any] = {"status": "ready", "token_id": token.fingerprint}
         if token.expires_at is not None:
             payload["token_expires_in_s"] = int(token.expires_at - time.time())
         if minted:
-            payload["routes"] = {name: fetch.result().fingerprint for (name, _), fetch in zip(minted, fetches[1:],
-                                                                                              strict=True)}
+            payload["routes"] = {name: fetch.result().fingerprint
+                                 for (name, _), (_, fetch) in zip(minted, asked[1:], strict=True)}
         return _json(200, payload)
 
     def _route_credentials(self) -> list[tuple[str, TokenSource]]:
