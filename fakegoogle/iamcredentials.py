@@ -48,7 +48,12 @@ def invalid(message: str) -> Refusal:
 
 def permission_denied(permission: str) -> Response:
     """Exactly what Google sends when a hop of the chain lacks the Token Creator role."""
-    return json_response(403, {"error": {
+    return json_response(403, permission_denied_body(permission))
+
+
+def permission_denied_body(permission: str) -> dict[str, Any]:
+    """IAM Credentials' JSON body for a missing ``permission`` (also what unit tests stub with)."""
+    return {"error": {
         "code": 403,
         "message": f"Permission '{permission}' denied on resource (or it may not exist).",
         "status": "PERMISSION_DENIED",
@@ -58,7 +63,7 @@ def permission_denied(permission: str) -> Response:
             "domain": "iam.googleapis.com",
             "metadata": {"permission": permission},
         }],
-    }})
+    }}
 
 
 def parse_body(body: bytes) -> dict[str, Any]:

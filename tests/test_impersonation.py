@@ -29,6 +29,7 @@ from addons.impersonation import (
     parse_expire_time,
 )
 from addons.token_cache import TokenCache, TokenError
+from fakegoogle.iamcredentials import permission_denied_body
 
 SOURCE = "ya29.source-token-of-the-caller-0123456789"
 ISSUED = "ya29.impersonated-token-abcdefghijklmnop"
@@ -41,17 +42,7 @@ IAM = "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/"
 
 def google_403(permission: str = ACCESS_PERMISSION) -> bytes:
     """IAM Credentials' exact answer when the caller lacks Token Creator on the account."""
-    return json.dumps({"error": {
-        "code": 403,
-        "message": f"Permission '{permission}' denied on resource (or it may not exist).",
-        "status": "PERMISSION_DENIED",
-        "details": [{
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": "IAM_PERMISSION_DENIED",
-            "domain": "iam.googleapis.com",
-            "metadata": {"permission": permission},
-        }],
-    }}).encode()
+    return json.dumps(permission_denied_body(permission)).encode()
 
 
 def google_json(code: int, status: str, message: str, **extra: Any) -> bytes:
