@@ -443,7 +443,11 @@ def test_a_401_is_replayed_through_the_upstream_proxy_with_a_fresh_token(
     assert added and all(a.authority == google and a.relayed and a.proxy_authorization for a in added)
     api = [q for q in fake.requests if q.path.startswith("/storage/v1/b/demo-bucket")]
     assert [q.token_valid for q in api] == [True, False, True]
+    assert [q.host for q in api] == ["storage.googleapis.com"] * 3  # the replay went where the first one did
     assert "retry after 401 failed" not in pp.text()
+    tokens = [t for t in fake.issued_tokens if t]
+    assert not [t[:8] for t in tokens for sent in upstream.sent_bytes() if t.encode() in sent], \
+        "a token crossed the upstream proxy outside TLS"
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
